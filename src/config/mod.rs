@@ -1,0 +1,539 @@
+//! Service configuration: reading `hotline.toml`, applying `--set` overrides, and
+//! checking every value before anything starts.
+//!
+//! Owns the shape and the validation of the configuration. It must not open sockets,
+//! files other than the config file, or the database: callers decide what to start.
+//! Every error names the file, the key and the problem, so an administrator can fix it
+//! from the one line printed.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// The defaults shipped in `config/hotline.toml`, used when no config file exists.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../../config/hotline.toml");
+pub const DEFAULT_PATH: &str = "config/hotline.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub rtp: RtpConfig,
+    pub storage: StorageConfig,
+    pub ivr: IvrConfig,
+    pub prompts: PromptsConfig,
+    pub limits: LimitsConfig,
+    pub privacy: PrivacyConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    pub listen: Vec<ListenAddr>,
+    #[serde(default)]
+    pub public_address: String,
+    #[serde(default = "default_t1")]
+    pub t1_ms: u64,
+    #[serde(default = "default_t2")]
+    pub t2_ms: u64,
+    #[serde(default = "default_t4")]
+    pub t4_ms: u64,
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle_timeout_s: u64,
+    #[serde(default = "default_tcp_per_source")]
+    pub tcp_max_connections_per_source: usize,
+    #[serde(default)]
+    pub answer_delay_ms: u64,
+}
+
+fn default_t1() -> u64 {
+    500
+}
+fn default_t2() -> u64 {
+    4000
+}
+fn default_t4() -> u64 {
+    5000
+}
+fn default_max_message() -> usize {
+    16384
+}
+fn default_tcp_idle() -> u64 {
+    120
+}
+fn default_tcp_per_source() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Udp,
+    Tcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+/// One `sip.listen` entry such as `udp:0.0.0.0:5060` or `tcp:[::1]:5060`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (proto, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("\"{s}\" is not of the form udp:ADDR:PORT or tcp:ADDR:PORT"))?;
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "udp" => Protocol::Udp,
+            "tcp" => Protocol::Tcp,
+            other => {
+                return Err(format!(
+                    "\"{s}\": unknown transport \"{other}\" (udp or tcp)"
+                ))
+            }
+        };
+        let addr: SocketAddr = rest
+            .parse()
+            .map_err(|_| format!("\"{s}\": \"{rest}\" is not an IP address with a port"))?;
+        Ok(ListenAddr { protocol, addr })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.protocol, self.addr)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtpConfig {
+    pub ports: PortRange,
+    #[serde(default = "default_rtp_timeout")]
+    pub timeout_s: u64,
+}
+
+fn default_rtp_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let err = || {
+            serde::de::Error::custom(format!("\"{s}\" is not a port range like \"20000-29999\""))
+        };
+        let (a, b) = s.split_once('-').ok_or_else(err)?;
+        let first: u16 = a.trim().parse().map_err(|_| err())?;
+        let last: u16 = b.trim().parse().map_err(|_| err())?;
+        if first > last {
+            return Err(serde::de::Error::custom(format!(
+                "port range \"{s}\" is reversed (first port above last)"
+            )));
+        }
+        if first < 1024 {
+            return Err(serde::de::Error::custom(format!(
+                "port range \"{s}\" starts below 1024"
+            )));
+        }
+        if last - first < 3 {
+            return Err(serde::de::Error::custom(format!(
+                "port range \"{s}\" holds fewer than two RTP/RTCP pairs"
+            )));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IvrConfig {
+    pub flow: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptsConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_calls: usize,
+    #[serde(default = "default_max_duration")]
+    pub max_call_duration_s: u64,
+    #[serde(default = "default_source_rate")]
+    pub source_rate: f64,
+    #[serde(default = "default_source_burst")]
+    pub source_burst: u32,
+    #[serde(default)]
+    pub trusted_sources: Vec<IpAddr>,
+}
+
+fn default_max_duration() -> u64 {
+    3600
+}
+fn default_source_rate() -> f64 {
+    50.0
+}
+fn default_source_burst() -> u32 {
+    200
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallerIdPolicy {
+    Keep,
+    Hash,
+    Drop,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    pub caller_id: CallerIdPolicy,
+    #[serde(default = "default_key_file")]
+    pub hash_key_file: PathBuf,
+}
+
+fn default_key_file() -> PathBuf {
+    PathBuf::from("data/caller-id.key")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// A configuration problem, printed as one line: `FILE: KEY: PROBLEM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.problem)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads `path` (or, when `path` is None, `config/hotline.toml` if it exists and
+    /// the embedded defaults otherwise), then applies `--set` overrides.
+    pub fn load(
+        path: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<(Config, String), ConfigError> {
+        let (text, file) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: p.display().to_string(),
+                    key: String::new(),
+                    problem: format!("cannot read: {e}"),
+                })?,
+                p.display().to_string(),
+            ),
+            None if Path::new(DEFAULT_PATH).exists() => (
+                std::fs::read_to_string(DEFAULT_PATH).map_err(|e| ConfigError {
+                    file: DEFAULT_PATH.into(),
+                    key: String::new(),
+                    problem: format!("cannot read: {e}"),
+                })?,
+                DEFAULT_PATH.to_string(),
+            ),
+            None => (
+                EMBEDDED_DEFAULTS.to_string(),
+                "(embedded defaults)".to_string(),
+            ),
+        };
+        let cfg = Self::from_str_with_overrides(&text, &file, overrides)?;
+        Ok((cfg, file))
+    }
+
+    pub fn from_str_with_overrides(
+        text: &str,
+        file: &str,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+            file: file.into(),
+            key: String::new(),
+            problem: format!("not valid TOML: {}", e.message()),
+        })?;
+        for ov in overrides {
+            apply_override(&mut table, ov).map_err(|problem| ConfigError {
+                file: "--set".into(),
+                key: ov.split('=').next().unwrap_or_default().to_string(),
+                problem,
+            })?;
+        }
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| ConfigError {
+                file: file.into(),
+                key: e.path().to_string(),
+                problem: e.inner().message().to_string(),
+            },
+        )?;
+        cfg.validate().map_err(|(key, problem)| ConfigError {
+            file: file.into(),
+            key,
+            problem,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.sip.listen.is_empty() {
+            return Err(("sip.listen".into(), "needs at least one address".into()));
+        }
+        for (i, a) in self.sip.listen.iter().enumerate() {
+            if self.sip.listen[..i].contains(a) {
+                return Err((
+                    format!("sip.listen[{i}]"),
+                    format!("\"{a}\" is listed twice"),
+                ));
+            }
+        }
+        if !self.sip.public_address.is_empty() && self.sip.public_address.parse::<IpAddr>().is_err()
+        {
+            return Err((
+                "sip.public_address".into(),
+                format!("\"{}\" is not an IP address", self.sip.public_address),
+            ));
+        }
+        if !(50..=10_000).contains(&self.sip.t1_ms) {
+            return Err(("sip.t1_ms".into(), "must be between 50 and 10000".into()));
+        }
+        if self.sip.t2_ms < self.sip.t1_ms {
+            return Err(("sip.t2_ms".into(), "must not be below sip.t1_ms".into()));
+        }
+        if !(1024..=65535).contains(&self.sip.max_message_bytes) {
+            return Err((
+                "sip.max_message_bytes".into(),
+                "must be between 1024 and 65535".into(),
+            ));
+        }
+        if self.sip.tcp_max_connections_per_source == 0 {
+            return Err((
+                "sip.tcp_max_connections_per_source".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_calls == 0 {
+            return Err(("limits.max_calls".into(), "must be at least 1".into()));
+        }
+        let pairs = (self.rtp.ports.last as usize - self.rtp.ports.first as usize + 1) / 2;
+        if self.limits.max_calls > pairs {
+            return Err((
+                "limits.max_calls".into(),
+                format!(
+                    "{} calls need more RTP ports than rtp.ports holds ({pairs} pairs)",
+                    self.limits.max_calls
+                ),
+            ));
+        }
+        if self.limits.max_call_duration_s == 0 {
+            return Err((
+                "limits.max_call_duration_s".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(self.limits.source_rate.is_finite() && self.limits.source_rate > 0.0) {
+            return Err((
+                "limits.source_rate".into(),
+                "must be a positive number".into(),
+            ));
+        }
+        if self.limits.source_burst == 0 {
+            return Err(("limits.source_burst".into(), "must be at least 1".into()));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(("storage.data_dir".into(), "must not be empty".into()));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err((
+                "log.level".into(),
+                format!("\"{}\" is not a log filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.storage.data_dir.join("hotline.db")
+    }
+
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("recordings")
+    }
+}
+
+/// Applies one `KEY=VALUE` override. VALUE is read as a TOML value; a bare word that
+/// is not valid TOML is taken as a string, so `--set privacy.caller_id=drop` works.
+fn apply_override(table: &mut toml::Table, ov: &str) -> Result<(), String> {
+    let (key, raw) = ov
+        .split_once('=')
+        .ok_or_else(|| format!("\"{ov}\" is not KEY=VALUE"))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(|p| p.is_empty()) {
+        return Err(format!("\"{key}\" is not a dotted key like sip.listen"));
+    }
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut cur = table;
+    for p in parts {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("\"{p}\" in \"{key}\" is not a table"))?;
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(overrides: &[&str]) -> Result<Config, ConfigError> {
+        let ov: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::from_str_with_overrides(EMBEDDED_DEFAULTS, "hotline.toml", &ov)
+    }
+
+    #[test]
+    fn embedded_defaults_load() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.sip.listen.len(), 2);
+        assert_eq!(
+            c.rtp.ports,
+            PortRange {
+                first: 20000,
+                last: 29999
+            }
+        );
+        assert_eq!(c.database_path(), PathBuf::from("data/hotline.db"));
+    }
+
+    #[test]
+    fn overrides_take_toml_and_bare_words() {
+        let c = load(&[
+            "sip.listen=[\"udp:127.0.0.1:5080\"]",
+            "privacy.caller_id=drop",
+            "limits.max_calls=5",
+        ])
+        .unwrap();
+        assert_eq!(c.sip.listen[0].to_string(), "udp:127.0.0.1:5080");
+        assert_eq!(c.privacy.caller_id, CallerIdPolicy::Drop);
+        assert_eq!(c.limits.max_calls, 5);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let e = load(&["sip.lisen=[]"]).unwrap_err();
+        assert_eq!(e.key, "sip.lisen");
+        assert!(e.problem.contains("unknown field `lisen`"), "{e}");
+
+        let e = load(&["sip.listen=[\"udp:127.0.0.1:5080\", \"sctp:1.2.3.4:5\"]"]).unwrap_err();
+        assert_eq!(e.key, "sip.listen[1]");
+        assert!(e.problem.contains("unknown transport"), "{e}");
+
+        let e = load(&["rtp.ports=\"3000-2000\""]).unwrap_err();
+        assert_eq!(e.key, "rtp.ports");
+        assert!(e.problem.contains("reversed"), "{e}");
+
+        let e = load(&["limits.max_calls=\"many\""]).unwrap_err();
+        assert_eq!(e.key, "limits.max_calls");
+
+        let e = load(&["sip.listen=[\"udp:300.1.1.1:5060\"]"]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("hotline.toml: sip.listen[0]: "),
+            "{e}"
+        );
+
+        let e = load(&["limits.max_calls=100000"]).unwrap_err();
+        assert_eq!(e.key, "limits.max_calls");
+    }
+
+    #[test]
+    fn ipv6_listen_addresses_parse() {
+        let a: ListenAddr = "tcp:[::1]:5070".parse().unwrap();
+        assert_eq!(a.protocol, Protocol::Tcp);
+        assert_eq!(a.addr.port(), 5070);
+    }
+}

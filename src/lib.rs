@@ -1,0 +1,10 @@
+//! hotline: a SIP voice hotline. See docs/architecture.md for the map.
+
+pub mod config;
+pub mod media;
+pub mod privacy;
+pub mod sdp;
+pub mod server;
+pub mod sip;
+pub mod store;
+pub mod uac;

@@ -1,0 +1,185 @@
+//! Command line: `serve`, `check`, `calls`, `call`.
+
+use clap::{Parser, Subcommand};
+use hotline::config::{Config, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "hotline", about = "SIP voice hotline")]
+struct Cli {
+    /// Configuration file (default: config/hotline.toml, else the embedded defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Override a configuration key: KEY=VALUE (TOML value; repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hotline.
+    Serve,
+    /// Validate the configuration; exit 0 if usable, 2 if not.
+    Check,
+    /// List calls, newest first.
+    Calls {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Place a test call (a small softphone for smoke tests).
+    Call {
+        /// Whom to call, e.g. sip:hotline@127.0.0.1:5060
+        uri: String,
+        /// Hang up this many seconds after the answer.
+        #[arg(long, default_value_t = 5.0)]
+        hangup_after: f64,
+        /// Local address to send from (default: chosen by routing).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+    },
+}
+
+fn init_logs(cfg: &Config, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json || cfg.log.format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (cfg, file) = match Config::load(cli.config.as_deref(), &cli.set) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hotline: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Check => {
+            println!("{file}: ok");
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            init_logs(&cfg, cli.log_json);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("hotline: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(hotline::server::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hotline: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Calls { json, limit } => calls(&cfg, json, limit),
+        Command::Call {
+            uri,
+            hangup_after,
+            bind,
+        } => {
+            init_logs(&cfg, cli.log_json);
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("hotline: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = hotline::uac::CallOptions {
+                target: uri,
+                hangup_after: Duration::from_secs_f64(hangup_after.clamp(0.0, 86_400.0)),
+                bind,
+                rtp_ports: cfg.rtp.ports,
+            };
+            match rt.block_on(hotline::uac::run(opts)) {
+                Ok(summary) => {
+                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    if summary.answered {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("hotline: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn calls(cfg: &Config, json: bool, limit: usize) -> ExitCode {
+    let path = cfg.database_path();
+    let conn = match hotline::store::open_existing(&path) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            if json {
+                println!("[]");
+            } else {
+                println!("no calls yet ({} does not exist)", path.display());
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("hotline: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rows = match hotline::store::list_calls(&conn, limit) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hotline: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{:>6}  {:<25}  {:<25}  {:<16}  {}",
+            "id", "started", "ended", "reason", "from"
+        );
+        for r in rows {
+            println!(
+                "{:>6}  {:<25}  {:<25}  {:<16}  {}",
+                r.id,
+                r.started_at,
+                r.ended_at.unwrap_or_default(),
+                r.end_reason.unwrap_or_default(),
+                r.from.unwrap_or_else(|| "-".into())
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}

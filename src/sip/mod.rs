@@ -1,0 +1,18 @@
+//! SIP: framing, validation, transactions, dialogs and the call endpoint.
+//!
+//! The only module that names rsipstack (in `message`, as the parser gate), so that a
+//! switch of SIP library stays local. `transport` is the thin tokio layer; everything
+//! else here is sans-IO.
+
+pub mod endpoint;
+pub mod headers;
+pub mod message;
+pub mod raw;
+pub mod transaction;
+pub mod transport;
+
+pub use endpoint::{
+    CallEvent, CallId, Direction, EndReason, Endpoint, EndpointConfig, Link, MediaCommand, Output,
+    Peer,
+};
+pub use transaction::TimerConfig;

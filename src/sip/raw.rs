@@ -1,0 +1,601 @@
+//! Framing and the raw view of a SIP message: start line, unfolded header lines with
+//! compact names expanded, and the body cut by Content-Length.
+//!
+//! Owns everything that must work on bytes a typed parser may refuse: finding where a
+//! message ends (UDP datagram, TCP stream), keeping a UDP body that has no
+//! Content-Length, and giving the validator and the error-response builder the header
+//! lines exactly as sent. It must not interpret header values beyond what framing
+//! needs; that is `validate` and `message`.
+
+use std::fmt;
+
+/// Why a message could not be framed. Each maps to a 400 where a response is possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    NoHeaderEnd,
+    TooLarge,
+    BadStartLine(&'static str),
+    BadHeaderLine,
+    HeaderNotUtf8,
+    BadContentLength,
+    ContentLengthBeyondMessage,
+    MissingContentLengthOnStream,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::NoHeaderEnd => f.write_str("Incomplete Header Section"),
+            FrameError::TooLarge => f.write_str("Message Too Large"),
+            FrameError::BadStartLine(why) => write!(f, "Bad Start Line ({why})"),
+            FrameError::BadHeaderLine => f.write_str("Malformed Header Line"),
+            FrameError::HeaderNotUtf8 => f.write_str("Header Not UTF-8"),
+            FrameError::BadContentLength => f.write_str("Bad Content-Length"),
+            FrameError::ContentLengthBeyondMessage => f.write_str("Content-Length Exceeds Message"),
+            FrameError::MissingContentLengthOnStream => f.write_str("Missing Content-Length"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    Request {
+        method: String,
+        uri: String,
+        version: String,
+    },
+    Response {
+        version: String,
+        code: u32,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawHeader {
+    /// Lower-case long form (`v` becomes `via`).
+    pub name: String,
+    /// Unfolded value with surrounding whitespace removed.
+    pub value: String,
+}
+
+/// A framed message. `head` is the header section as received (up to and including the
+/// blank line), so the typed parser can be run on exactly what arrived.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub start: StartLine,
+    pub headers: Vec<RawHeader>,
+    pub body: Vec<u8>,
+    pub head: Vec<u8>,
+}
+
+impl RawMessage {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_str())
+    }
+
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(|h| h.value.as_str())
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|h| h.name == name).count()
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The message as bytes with the body re-attached under a Content-Length that
+    /// matches it, for the typed parser.
+    pub fn normalized_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head.len() + self.body.len() + 24);
+        match &self.start {
+            StartLine::Request {
+                method,
+                uri,
+                version,
+            } => out.extend_from_slice(format!("{method} {uri} {version}\r\n").as_bytes()),
+            StartLine::Response {
+                version,
+                code,
+                reason,
+            } => out.extend_from_slice(format!("{version} {code} {reason}\r\n").as_bytes()),
+        }
+        for h in &self.headers {
+            if h.name == "content-length" {
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// Expands RFC 3261 §7.3.3 compact forms (and a few from extensions).
+pub fn canonical_name(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    let long = match lower.as_str() {
+        "i" => "call-id",
+        "m" => "contact",
+        "e" => "content-encoding",
+        "l" => "content-length",
+        "c" => "content-type",
+        "f" => "from",
+        "s" => "subject",
+        "k" => "supported",
+        "t" => "to",
+        "v" => "via",
+        "o" => "event",
+        "r" => "refer-to",
+        "u" => "allow-events",
+        "x" => "session-expires",
+        _ => return lower,
+    };
+    long.to_string()
+}
+
+pub fn is_token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+}
+
+fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
+    // Returns (end of header lines, start of body). Accepts bare LF line ends, which
+    // some embedded phones still send.
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some((i, i + 2));
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, i + 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn parse_start_line(line: &str) -> Result<StartLine, FrameError> {
+    if line.starts_with("SIP/") {
+        let mut parts = line.splitn(3, ' ');
+        let version = parts.next().unwrap_or_default().to_string();
+        let code_s = parts
+            .next()
+            .ok_or(FrameError::BadStartLine("no status code"))?;
+        if code_s.len() != 3 || !code_s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(FrameError::BadStartLine("status code is not three digits"));
+        }
+        let code: u32 = code_s
+            .parse()
+            .map_err(|_| FrameError::BadStartLine("status code"))?;
+        if !(100..=699).contains(&code) {
+            return Err(FrameError::BadStartLine("status code out of range"));
+        }
+        let reason = parts.next().unwrap_or_default().to_string();
+        return Ok(StartLine::Response {
+            version,
+            code,
+            reason,
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version: exactly two single spaces.
+    let parts: Vec<&str> = line.split(' ').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+        return Err(FrameError::BadStartLine(
+            "request line is not METHOD SP URI SP VERSION",
+        ));
+    }
+    if !parts[0].bytes().all(is_token_char) {
+        return Err(FrameError::BadStartLine("method is not a token"));
+    }
+    if !parts[2].starts_with("SIP/") {
+        return Err(FrameError::BadStartLine("no SIP version"));
+    }
+    Ok(StartLine::Request {
+        method: parts[0].to_string(),
+        uri: parts[1].to_string(),
+        version: parts[2].to_string(),
+    })
+}
+
+fn parse_head(head: &[u8]) -> Result<(StartLine, Vec<RawHeader>), FrameError> {
+    let text = std::str::from_utf8(head).map_err(|_| FrameError::HeaderNotUtf8)?;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let start = parse_start_line(lines.next().ok_or(FrameError::BadStartLine("empty"))?)?;
+    let mut headers: Vec<RawHeader> = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            // Folded continuation (RFC 3261 §7.3.1): joins the previous value with one SP.
+            let last = headers.last_mut().ok_or(FrameError::BadHeaderLine)?;
+            last.value.push(' ');
+            last.value.push_str(line.trim());
+            continue;
+        }
+        let (name, value) = line.split_once(':').ok_or(FrameError::BadHeaderLine)?;
+        let name = name.trim_end_matches([' ', '\t']);
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            return Err(FrameError::BadHeaderLine);
+        }
+        headers.push(RawHeader {
+            name: canonical_name(name),
+            value: value.trim().to_string(),
+        });
+    }
+    for h in &mut headers {
+        let trimmed = h.value.trim();
+        if trimmed.len() != h.value.len() {
+            h.value = trimmed.to_string();
+        }
+    }
+    Ok((start, headers))
+}
+
+fn content_length(headers: &[RawHeader]) -> Result<Option<usize>, FrameError> {
+    let mut found = None;
+    for h in headers.iter().filter(|h| h.name == "content-length") {
+        let v = h.value.trim();
+        if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(FrameError::BadContentLength);
+        }
+        let n: usize = v.parse().map_err(|_| FrameError::BadContentLength)?;
+        if found.is_some_and(|f| f != n) {
+            return Err(FrameError::BadContentLength);
+        }
+        found = Some(n);
+    }
+    Ok(found)
+}
+
+/// Frames one UDP datagram. Bytes after the Content-Length are discarded (RFC 3261
+/// §18.3); without Content-Length the body runs to the end of the datagram.
+pub fn frame_datagram(buf: &[u8]) -> Result<RawMessage, FrameError> {
+    let buf = trim_leading_crlf(buf);
+    let (head_end, body_start) = find_header_end(buf).ok_or(FrameError::NoHeaderEnd)?;
+    let (start, headers) = parse_head(&buf[..head_end])?;
+    let rest = &buf[body_start..];
+    let body = match content_length(&headers)? {
+        Some(n) if n > rest.len() => return Err(FrameError::ContentLengthBeyondMessage),
+        Some(n) => rest[..n].to_vec(),
+        None => rest.to_vec(),
+    };
+    Ok(RawMessage {
+        start,
+        headers,
+        body,
+        head: buf[..body_start].to_vec(),
+    })
+}
+
+/// Like [`frame_datagram`] but, on error, still returns what could be read of the
+/// header section so that a 400 can be addressed to the sender.
+pub fn frame_datagram_lenient(buf: &[u8]) -> Result<RawMessage, (FrameError, Option<RawMessage>)> {
+    frame_datagram(buf).map_err(|e| {
+        let buf = trim_leading_crlf(buf);
+        let partial = find_header_end(buf)
+            .and_then(|(end, start)| {
+                parse_head(&buf[..end]).ok().map(|(s, h)| RawMessage {
+                    start: s,
+                    headers: h,
+                    body: Vec::new(),
+                    head: buf[..start].to_vec(),
+                })
+            })
+            .or_else(|| salvage_headers(buf));
+        (e, partial)
+    })
+}
+
+/// Best effort for messages whose start line or a header line is broken: keeps the
+/// lines that look like headers, so a 400 can still carry Via, From, To, Call-ID, CSeq.
+fn salvage_headers(buf: &[u8]) -> Option<RawMessage> {
+    let end = find_header_end(buf).map(|(e, _)| e).unwrap_or(buf.len());
+    let text = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
+    let first = lines.next()?;
+    let method = first.split(' ').next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    for line in lines {
+        if let Some((n, v)) = line.split_once(':') {
+            let n = n.trim();
+            if !n.is_empty() && n.bytes().all(is_token_char) {
+                headers.push(RawHeader {
+                    name: canonical_name(n),
+                    value: v.trim().to_string(),
+                });
+            }
+        }
+    }
+    Some(RawMessage {
+        start: StartLine::Request {
+            method,
+            uri: String::new(),
+            version: "SIP/2.0".into(),
+        },
+        headers,
+        body: Vec::new(),
+        head: Vec::new(),
+    })
+}
+
+fn trim_leading_crlf(mut buf: &[u8]) -> &[u8] {
+    while let [b'\r' | b'\n', rest @ ..] = buf {
+        buf = rest;
+    }
+    buf
+}
+
+/// Splits a TCP byte stream into messages by Content-Length (RFC 3261 §18.3), which is
+/// mandatory on streams. Keeps at most `max_message` bytes buffered.
+#[derive(Debug)]
+pub struct StreamFramer {
+    buf: Vec<u8>,
+    max_message: usize,
+}
+
+#[derive(Debug)]
+pub enum StreamItem {
+    Message(RawMessage),
+    /// A framing error; the connection cannot be resynchronised and must be closed
+    /// after answering (if the partial message allows an answer).
+    Fatal(FrameError, Option<RawMessage>),
+}
+
+impl StreamFramer {
+    pub fn new(max_message: usize) -> Self {
+        StreamFramer {
+            buf: Vec::new(),
+            max_message,
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Next complete message, if any.
+    pub fn next_item(&mut self) -> Option<StreamItem> {
+        // RFC 5626 keep-alives (CRLF CRLF) and stray line ends between messages.
+        let lead = self
+            .buf
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        if lead > 0 {
+            self.buf.drain(..lead);
+        }
+        if self.buf.is_empty() {
+            return None;
+        }
+        let Some((head_end, body_start)) = find_header_end(&self.buf) else {
+            if self.buf.len() > self.max_message {
+                return Some(StreamItem::Fatal(FrameError::TooLarge, None));
+            }
+            return None;
+        };
+        let parsed = parse_head(&self.buf[..head_end]);
+        let (start, headers) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                let partial = salvage_headers(&self.buf[..head_end]);
+                return Some(StreamItem::Fatal(e, partial));
+            }
+        };
+        let partial = || RawMessage {
+            start: start.clone(),
+            headers: headers.clone(),
+            body: Vec::new(),
+            head: Vec::new(),
+        };
+        let len = match content_length(&headers) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                return Some(StreamItem::Fatal(
+                    FrameError::MissingContentLengthOnStream,
+                    Some(partial()),
+                ))
+            }
+            Err(e) => return Some(StreamItem::Fatal(e, Some(partial()))),
+        };
+        if body_start + len > self.max_message {
+            return Some(StreamItem::Fatal(FrameError::TooLarge, Some(partial())));
+        }
+        if self.buf.len() < body_start + len {
+            return None;
+        }
+        let body = self.buf[body_start..body_start + len].to_vec();
+        let head = self.buf[..body_start].to_vec();
+        self.buf.drain(..body_start + len);
+        Some(StreamItem::Message(RawMessage {
+            start,
+            headers,
+            body,
+            head,
+        }))
+    }
+}
+
+/// Splits a header value at top-level commas (not inside quotes or `<>`).
+pub fn split_comma_values(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut depth_angle = false;
+    let mut in_quote = false;
+    let mut escaped = false;
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        if in_quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quote = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => in_quote = true,
+            '<' => depth_angle = true,
+            '>' => depth_angle = false,
+            ',' if !depth_angle => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\r\nf: <sip:x@y>;tag=1\r\nt: <sip:a@b>\r\ni: abc\r\nCSeq: 1 OPTIONS\r\nSubject: one\r\n two\r\n\r\n";
+
+    #[test]
+    fn compact_names_and_folding() {
+        let m = frame_datagram(OPTIONS).unwrap();
+        assert_eq!(m.header("via"), Some("SIP/2.0/UDP h;branch=z9hG4bK1"));
+        assert_eq!(m.header("call-id"), Some("abc"));
+        assert_eq!(m.header("subject"), Some("one two"));
+        assert_eq!(m.method(), Some("OPTIONS"));
+    }
+
+    #[test]
+    fn udp_body_without_content_length_is_kept() {
+        let msg = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\nv=0\r\n";
+        let m = frame_datagram(msg).unwrap();
+        assert_eq!(m.body, b"v=0\r\n");
+    }
+
+    #[test]
+    fn trailing_bytes_after_content_length_are_discarded() {
+        let msg =
+            b"REGISTER sip:a SIP/2.0\r\nContent-Length: 0\r\n\r\nINVITE sip:x SIP/2.0\r\n\r\n";
+        let m = frame_datagram(msg).unwrap();
+        assert!(m.body.is_empty());
+    }
+
+    #[test]
+    fn content_length_errors() {
+        let too_long = b"INVITE sip:a SIP/2.0\r\nContent-Length: 9999\r\n\r\nabc";
+        assert_eq!(
+            frame_datagram(too_long).unwrap_err(),
+            FrameError::ContentLengthBeyondMessage
+        );
+        let negative = b"INVITE sip:a SIP/2.0\r\nContent-Length: -999\r\n\r\nabc";
+        assert_eq!(
+            frame_datagram(negative).unwrap_err(),
+            FrameError::BadContentLength
+        );
+        let two = b"INVITE sip:a SIP/2.0\r\nContent-Length: 3\r\nl: 2\r\n\r\nabc";
+        assert_eq!(
+            frame_datagram(two).unwrap_err(),
+            FrameError::BadContentLength
+        );
+    }
+
+    #[test]
+    fn request_line_whitespace_is_strict() {
+        for bad in [
+            &b"INVITE  sip:a SIP/2.0\r\n\r\n"[..],
+            b"INVITE sip:a SIP/2.0 \r\n\r\n",
+            b"INVITE sip:a; lr SIP/2.0\r\n\r\n",
+        ] {
+            assert!(matches!(
+                frame_datagram(bad),
+                Err(FrameError::BadStartLine(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn non_utf8_header_is_refused_not_truncated() {
+        let msg = b"OPTIONS sip:a SIP/2.0\r\nFrom: \xe9 <sip:a@b>\r\nVia: SIP/2.0/UDP h\r\n\r\n";
+        assert_eq!(frame_datagram(msg).unwrap_err(), FrameError::HeaderNotUtf8);
+        let (_, partial) = frame_datagram_lenient(msg).unwrap_err();
+        assert_eq!(partial.unwrap().header("via"), Some("SIP/2.0/UDP h"));
+    }
+
+    #[test]
+    fn stream_framer_splits_and_waits() {
+        let mut f = StreamFramer::new(4096);
+        let one = b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 3\r\n\r\nabc";
+        f.push(b"\r\n\r\n");
+        f.push(&one[..20]);
+        assert!(f.next_item().is_none());
+        f.push(&one[20..]);
+        f.push(one);
+        for _ in 0..2 {
+            match f.next_item() {
+                Some(StreamItem::Message(m)) => assert_eq!(m.body, b"abc"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(f.next_item().is_none());
+    }
+
+    #[test]
+    fn stream_framer_refuses_missing_length_and_oversize() {
+        let mut f = StreamFramer::new(4096);
+        f.push(b"OPTIONS sip:a SIP/2.0\r\nVia: x\r\n\r\n");
+        assert!(matches!(
+            f.next_item(),
+            Some(StreamItem::Fatal(
+                FrameError::MissingContentLengthOnStream,
+                Some(_)
+            ))
+        ));
+        let mut f = StreamFramer::new(1024);
+        f.push(&vec![b'a'; 2000]);
+        assert!(matches!(
+            f.next_item(),
+            Some(StreamItem::Fatal(FrameError::TooLarge, None))
+        ));
+    }
+
+    #[test]
+    fn comma_split_respects_quotes_and_brackets() {
+        let v = split_comma_values("\"a, b\" <sip:x@y;p=1,2>, <sip:z@w>");
+        assert_eq!(v, vec!["\"a, b\" <sip:x@y;p=1,2>", "<sip:z@w>"]);
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for _ in 0..20_000 {
+            let len = (x % 300) as usize;
+            let mut buf = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.push(b"SIP/2.0 :\r\n;,<>\"a1 \t"[(x % 20) as usize]);
+            }
+            let _ = frame_datagram_lenient(&buf);
+            let mut f = StreamFramer::new(1024);
+            f.push(&buf);
+            while let Some(StreamItem::Message(_)) = f.next_item() {}
+        }
+    }
+}

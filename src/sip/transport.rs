@@ -1,0 +1,348 @@
+//! The tokio layer under the endpoint: UDP sockets and TCP connections.
+//!
+//! Owns sockets, connection limits (per-source count, idle timeout, message size) and
+//! the choice of local address on wildcard binds. It frames TCP streams with
+//! `raw::StreamFramer` and hands everything to the endpoint's task as `NetInput`; it
+//! must not interpret SIP. Sends never block the endpoint: a full connection queue or
+//! an unreachable address loses the message like any datagram, and is counted.
+
+use super::endpoint::{Link, Peer};
+use super::raw::{StreamFramer, StreamItem};
+use crate::config::{ListenAddr, Protocol};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+pub enum NetInput {
+    Datagram {
+        link: Link,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    Stream {
+        peer: Peer,
+        item: StreamItem,
+    },
+    ConnOpened {
+        id: u64,
+        sender: mpsc::Sender<Arc<[u8]>>,
+    },
+    ConnClosed {
+        id: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    pub idle_timeout: Duration,
+    pub max_per_source: usize,
+    pub max_message: usize,
+}
+
+/// Counters of what the transport dropped.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub send_errors: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub tcp_refused: AtomicU64,
+}
+
+pub struct Transports {
+    udp: Vec<Arc<UdpSocket>>,
+    conns: HashMap<u64, mpsc::Sender<Arc<[u8]>>>,
+    /// What each `sip.listen` entry is bound to (port 0 resolved).
+    pub bound: Vec<ListenAddr>,
+    pub stats: Arc<TransportStats>,
+}
+
+const INPUT_QUEUE: usize = 20_000;
+
+pub fn input_channel() -> (mpsc::Sender<NetInput>, mpsc::Receiver<NetInput>) {
+    mpsc::channel(INPUT_QUEUE)
+}
+
+/// The address the kernel would use to reach `remote` (no packet is sent).
+fn route_local_ip(remote: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if remote.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(remote).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+/// Local address for a packet from `remote` on a socket bound to `bound`: the bound
+/// address, or for a wildcard bind the address routing picks (cached).
+struct LocalResolver {
+    bound: SocketAddr,
+    cache: HashMap<IpAddr, IpAddr>,
+}
+
+impl LocalResolver {
+    fn local_for(&mut self, remote: SocketAddr) -> SocketAddr {
+        if !self.bound.ip().is_unspecified() {
+            return self.bound;
+        }
+        if self.cache.len() > 10_000 {
+            self.cache.clear();
+        }
+        let ip = *self
+            .cache
+            .entry(remote.ip())
+            .or_insert_with(|| route_local_ip(remote).unwrap_or(self.bound.ip()));
+        SocketAddr::new(ip, self.bound.port())
+    }
+}
+
+pub async fn bind(
+    listen: &[ListenAddr],
+    limits: TcpLimits,
+    input: mpsc::Sender<NetInput>,
+) -> std::io::Result<Transports> {
+    let stats = Arc::new(TransportStats::default());
+    let mut udp = Vec::new();
+    let mut bound = Vec::new();
+    let next_conn = Arc::new(AtomicU64::new(1));
+    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    for l in listen {
+        match l.protocol {
+            Protocol::Udp => {
+                let sock = bind_udp(l.addr)?;
+                let local = sock.local_addr()?;
+                let sock = Arc::new(sock);
+                let link = Link::Udp(udp.len());
+                udp.push(sock.clone());
+                bound.push(ListenAddr {
+                    protocol: Protocol::Udp,
+                    addr: local,
+                });
+                tokio::spawn(udp_loop(sock, link, local, input.clone()));
+            }
+            Protocol::Tcp => {
+                let listener = TcpListener::bind(l.addr)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("tcp:{}: {e}", l.addr)))?;
+                let local = listener.local_addr()?;
+                bound.push(ListenAddr {
+                    protocol: Protocol::Tcp,
+                    addr: local,
+                });
+                tokio::spawn(accept_loop(
+                    listener,
+                    limits,
+                    input.clone(),
+                    next_conn.clone(),
+                    per_source.clone(),
+                    stats.clone(),
+                ));
+            }
+        }
+    }
+    Ok(Transports {
+        udp,
+        conns: HashMap::new(),
+        bound,
+        stats,
+    })
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Large buffers absorb call-setup bursts without kernel drops.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("udp:{addr}: {e}")))?;
+    UdpSocket::from_std(s.into())
+}
+
+async fn udp_loop(
+    sock: Arc<UdpSocket>,
+    link: Link,
+    bound: SocketAddr,
+    input: mpsc::Sender<NetInput>,
+) {
+    let mut buf = vec![0u8; 65536];
+    let mut resolver = LocalResolver {
+        bound,
+        cache: HashMap::new(),
+    };
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let local = resolver.local_for(from);
+                let msg = NetInput::Datagram {
+                    link,
+                    local,
+                    from,
+                    data: buf[..n].to_vec(),
+                };
+                // A full queue means overload: shed datagrams instead of buffering
+                // without bound (the peer retransmits).
+                if input.try_send(msg).is_err() && input.is_closed() {
+                    return;
+                }
+            }
+            // ICMP errors (port unreachable) surface here on some systems; ignore them.
+            Err(e) => tracing::trace!("udp receive: {e}"),
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    limits: TcpLimits,
+    input: mpsc::Sender<NetInput>,
+    next_conn: Arc<AtomicU64>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    stats: Arc<TransportStats>,
+) {
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        {
+            let mut map = per_source.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(remote.ip()).or_insert(0);
+            if *n >= limits.max_per_source {
+                stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+                continue; // Dropping the stream closes it.
+            }
+            *n += 1;
+        }
+        let id = next_conn.fetch_add(1, Ordering::Relaxed);
+        let input = input.clone();
+        let per_source = per_source.clone();
+        tokio::spawn(async move {
+            connection(stream, id, remote, limits, input).await;
+            let mut map = per_source.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&remote.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&remote.ip());
+                }
+            }
+        });
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    id: u64,
+    remote: SocketAddr,
+    limits: TcpLimits,
+    input: mpsc::Sender<NetInput>,
+) {
+    let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(256);
+    if input
+        .send(NetInput::ConnOpened { id, sender: tx })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(data) = rx.recv().await {
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let peer = Peer {
+        link: Link::Tcp(id),
+        remote,
+        local,
+    };
+    let mut framer = StreamFramer::new(limits.max_message);
+    let mut buf = vec![0u8; 16384];
+    'read: loop {
+        let n = match tokio::time::timeout(limits.idle_timeout, rd.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
+        };
+        framer.push(&buf[..n]);
+        while let Some(item) = framer.next_item() {
+            let fatal = matches!(item, StreamItem::Fatal(..));
+            if input.send(NetInput::Stream { peer, item }).await.is_err() || fatal {
+                break 'read;
+            }
+        }
+    }
+    let _ = input.send(NetInput::ConnClosed { id }).await;
+    // Let queued responses (e.g. a 400 before closing) reach the peer.
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+impl Transports {
+    pub fn conn_opened(&mut self, id: u64, sender: mpsc::Sender<Arc<[u8]>>) {
+        self.conns.insert(id, sender);
+    }
+
+    pub fn conn_closed(&mut self, id: u64) {
+        self.conns.remove(&id);
+    }
+
+    pub fn send(&self, peer: Peer, data: Arc<[u8]>) {
+        match peer.link {
+            Link::Udp(i) => {
+                let Some(sock) = self.udp.get(i) else { return };
+                if let Err(e) = sock.try_send_to(&data, peer.remote) {
+                    // In a network without routes (or to a dead host) this is expected.
+                    self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(to = %peer.remote, "udp send failed: {e}");
+                }
+            }
+            Link::Tcp(id) => match self.conns.get(&id) {
+                Some(tx) => {
+                    if tx.try_send(data).is_err() {
+                        self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        }
+    }
+
+    /// Closes a connection: dropping its sender ends the writer, which shuts it down.
+    pub fn close(&mut self, id: u64) {
+        self.conns.remove(&id);
+    }
+
+    /// Which UDP socket to place calls from (the first).
+    pub fn first_udp(&self) -> Option<(Link, SocketAddr)> {
+        self.bound
+            .iter()
+            .find(|b| b.protocol == Protocol::Udp)
+            .map(|b| (Link::Udp(0), b.addr))
+    }
+}
+
+pub fn resolve_local_for(bound: SocketAddr, remote: SocketAddr) -> SocketAddr {
+    LocalResolver {
+        bound,
+        cache: HashMap::new(),
+    }
+    .local_for(remote)
+}
