@@ -3,6 +3,7 @@
 pub mod config;
 pub mod media;
 pub mod privacy;
+pub mod queue;
 pub mod sdp;
 pub mod server;
 pub mod sip;

@@ -7,7 +7,7 @@
 use crate::config::{ListenAddr, PortRange, Protocol};
 use crate::media::engine::{self, MediaConfig, MediaEvent};
 use crate::sip::transport::{self, NetInput, TcpLimits};
-use crate::sip::{CallEvent, Endpoint, EndpointConfig, Link, Output, Peer};
+use crate::sip::{CallEvent, Endpoint, EndpointConfig, Output, Peer};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -94,7 +94,6 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
         &opts.target,
         "hotline-test",
     );
-    let _ = matches!(link, Link::Udp(_));
     let mut summary = CallSummary {
         target: opts.target.clone(),
         ..Default::default()
@@ -103,6 +102,33 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
     let give_up = started + opts.hangup_after + Duration::from_secs(70);
     let mut hung_up = false;
     loop {
+        let mut ended = false;
+        while let Some(out) = ep.poll_output() {
+            match out {
+                Output::Transmit { peer, data } => transports.send(peer, data),
+                Output::Media(cmd) => {
+                    let _ = media.commands.send(cmd);
+                }
+                Output::Call(CallEvent::Started { sip_call_id, .. }) => {
+                    summary.sip_call_id = Some(sip_call_id)
+                }
+                Output::Call(CallEvent::Answered { codec, .. }) => {
+                    summary.answered = true;
+                    summary.codec = Some(codec.sdp_name().to_string());
+                    summary.setup_ms = Some(started.elapsed().as_millis());
+                    answered_at = Some(Instant::now());
+                }
+                Output::Call(CallEvent::Ended { reason, .. }) => {
+                    summary.end_reason = Some(reason.as_str());
+                    summary.duration_ms = answered_at.map(|a| a.elapsed().as_millis());
+                    ended = true;
+                }
+                Output::Info { .. } | Output::CloseConnection(_) => {}
+            }
+        }
+        if ended {
+            break;
+        }
         let mut deadline = ep
             .poll_timeout()
             .map(Instant::from_std)
@@ -141,33 +167,6 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
                 }
                 ep.handle_timeout(now.into_std());
             }
-        }
-        let mut ended = false;
-        while let Some(out) = ep.poll_output() {
-            match out {
-                Output::Transmit { peer, data } => transports.send(peer, data),
-                Output::Media(cmd) => {
-                    let _ = media.commands.send(cmd);
-                }
-                Output::Call(CallEvent::Started { sip_call_id, .. }) => {
-                    summary.sip_call_id = Some(sip_call_id)
-                }
-                Output::Call(CallEvent::Answered { codec, .. }) => {
-                    summary.answered = true;
-                    summary.codec = Some(codec.sdp_name().to_string());
-                    summary.setup_ms = Some(started.elapsed().as_millis());
-                    answered_at = Some(Instant::now());
-                }
-                Output::Call(CallEvent::Ended { reason, .. }) => {
-                    summary.end_reason = Some(reason.as_str());
-                    summary.duration_ms = answered_at.map(|a| a.elapsed().as_millis());
-                    ended = true;
-                }
-                Output::Info { .. } | Output::CloseConnection(_) => {}
-            }
-        }
-        if ended {
-            break;
         }
     }
     Ok(summary)

@@ -5,4 +5,8 @@
 
 pub mod engine;
 pub mod g711;
+pub mod level;
+pub mod prompt;
+pub mod recorder;
+pub mod reorder;
 pub mod rtp;

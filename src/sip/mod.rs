@@ -4,10 +4,12 @@
 //! switch of SIP library stays local. `transport` is the thin tokio layer; everything
 //! else here is sans-IO.
 
+pub mod digest;
 pub mod endpoint;
 pub mod headers;
 pub mod message;
 pub mod raw;
+pub mod registrar;
 pub mod transaction;
 pub mod transport;
 
