@@ -1,6 +1,7 @@
 //! hotline: a SIP voice hotline. See docs/architecture.md for the map.
 
 pub mod config;
+pub mod ivr;
 pub mod media;
 pub mod privacy;
 pub mod queue;

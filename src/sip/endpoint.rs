@@ -331,9 +331,15 @@ fn server_key(req: &Request) -> String {
         ref m => m.as_str(),
     };
     match via.branch() {
-        Some(b) if b.len() > 7 && b.starts_with("z9hG4bK") => {
-            format!("{b}|{}|{method}", via.sent_by())
-        }
+        // Call-ID and CSeq number are added to RFC 3261 §17.2.3's branch + sent-by so
+        // that a peer reusing a branch across requests cannot collide with (or hijack)
+        // another transaction; retransmissions, ACK and CANCEL carry the same values.
+        Some(b) if b.len() > 7 && b.starts_with("z9hG4bK") => format!(
+            "{b}|{}|{}|{}|{method}",
+            via.sent_by(),
+            req.common.call_id,
+            req.common.cseq
+        ),
         // RFC 2543 peers: match on the request's identity instead (§17.2.3).
         _ => format!(
             "2543|{}|{}|{}|{}|{method}",
@@ -441,9 +447,7 @@ impl Endpoint {
             Err((e, partial)) => {
                 self.stats.malformed += 1;
                 tracing::debug!(from = %from, error = %e, "unframable datagram");
-                if let Some(p) =
-                    partial.filter(|p| p.method().is_some_and(|m| !m.is_empty() && m != "ACK"))
-                {
+                if let Some(p) = partial.filter(|p| p.method().is_some_and(is_answerable)) {
                     self.refuse(&p, peer, &Reject::bad(e.to_string()));
                 }
             }
@@ -466,7 +470,7 @@ impl Endpoint {
         partial: Option<RawMessage>,
     ) {
         self.stats.malformed += 1;
-        if let Some(p) = partial.filter(|p| p.method().is_some_and(|m| m != "ACK")) {
+        if let Some(p) = partial.filter(|p| p.method().is_some_and(is_answerable)) {
             let status = if err == raw::FrameError::TooLarge {
                 413
             } else {
@@ -1669,6 +1673,12 @@ fn caller_identity(from: &NameAddr) -> String {
         Ok(Some(u)) => u.user.unwrap_or(u.host),
         _ => from.uri.clone(),
     }
+}
+
+/// Whether a broken message's first word allows an error response: not for ACK
+/// (never answered) nor for responses.
+fn is_answerable(method: &str) -> bool {
+    !method.is_empty() && method != "ACK" && !method.starts_with("SIP/")
 }
 
 fn random_branch() -> String {

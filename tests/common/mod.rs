@@ -1,0 +1,281 @@
+//! Shared helpers for tests that run the real `hotline` binary on loopback ports.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hotline")
+}
+
+/// A running server with its own data directory; killed on drop. Fails the test if
+/// its log shows a panic.
+pub struct Server {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub log: PathBuf,
+    pub overrides: Vec<String>,
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let log = dir.path().join("server.log");
+        let mut overrides = vec![
+            r#"sip.listen=["udp:127.0.0.1:0","tcp:127.0.0.1:0"]"#.to_string(),
+            format!("storage.data_dir=\"{}\"", dir.path().join("data").display()),
+            format!(
+                "privacy.hash_key_file=\"{}\"",
+                dir.path().join("caller-id.key").display()
+            ),
+        ];
+        overrides.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve");
+        for o in &overrides {
+            cmd.arg("--set").arg(o);
+        }
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = cmd
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LOG", "hotline=debug")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("start hotline");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut udp, mut tcp) = (None, None);
+        while udp.is_none() || tcp.is_none() {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "server exited early; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                })
+                .expect("read stdout");
+            if let Some(rest) = line.strip_prefix("hotline: SIP listening on udp:") {
+                udp = Some(rest.parse().expect("udp addr"));
+            } else if let Some(rest) = line.strip_prefix("hotline: SIP listening on tcp:") {
+                tcp = Some(rest.parse().expect("tcp addr"));
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child: Some(child),
+            dir,
+            udp: udp.expect("udp"),
+            tcp: tcp.expect("tcp"),
+            log,
+            overrides,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a hotline subcommand against this server's configuration.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        for o in &self.overrides {
+            cmd.arg("--set").arg(o);
+        }
+        cmd.output().expect("run hotline")
+    }
+
+    pub fn calls_json(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["calls", "--json", "--limit", "100000"]);
+        assert!(
+            out.status.success(),
+            "hotline calls failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("calls json")
+    }
+
+    /// Waits until `pred` holds for the call list (the store writes asynchronously).
+    pub fn wait_calls(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let until = Instant::now() + timeout;
+        loop {
+            let calls = self.calls_json();
+            if pred(&calls) || Instant::now() > until {
+                return calls;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn assert_no_panic(&self) {
+        let log = self.log_text();
+        assert!(!log.contains("panicked"), "server panicked:\n{log}");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: orderly shutdown.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether an independent SIP tool is installed. Under CI its absence fails the test.
+pub fn require_tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found && std::env::var_os("CI").is_some() {
+        panic!("{name} is required in CI (install it: see .ci/run)");
+    }
+    if !found {
+        eprintln!("skipping: {name} not installed (set CI=1 to make this a failure)");
+    }
+    found
+}
+
+/// A SIP response as the tests look at it.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.text.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+pub fn parse_status(data: &[u8]) -> Option<Resp> {
+    let text = String::from_utf8_lossy(data).to_string();
+    let first = text.lines().next()?;
+    let code = first.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()?;
+    Some(Resp { code, text })
+}
+
+/// Receives until a response for `call_id` (or any response when None) arrives.
+pub fn recv_response(sock: &UdpSocket, call_id: Option<&str>, timeout: Duration) -> Option<Resp> {
+    let until = Instant::now() + timeout;
+    let mut buf = [0u8; 65536];
+    while Instant::now() < until {
+        sock.set_read_timeout(Some(
+            until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .ok()?;
+        let Ok((n, _)) = sock.recv_from(&mut buf) else {
+            return None;
+        };
+        let Some(r) = parse_status(&buf[..n]) else {
+            continue;
+        };
+        match call_id {
+            Some(id) if r.header("call-id").or_else(|| r.header("i")).as_deref() != Some(id) => {
+                continue
+            }
+            _ => return Some(r),
+        }
+    }
+    None
+}
+
+/// A plain UDP SIP client for scripted message exchanges.
+pub struct RawClient {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+}
+
+impl RawClient {
+    pub fn new(server: SocketAddr) -> RawClient {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        RawClient { sock, server }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.sock.local_addr().expect("local addr")
+    }
+
+    pub fn send(&self, msg: &str) {
+        self.sock
+            .send_to(msg.as_bytes(), self.server)
+            .expect("send");
+    }
+
+    pub fn invite(&self, call_id: &str, branch: &str, rtp_port: u16) -> String {
+        let local = self.local();
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+        );
+        format!(
+            "INVITE sip:hotline@{srv} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:tester@{local}>;tag=t{branch}\r\nTo: <sip:hotline@{srv}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:tester@{local}>\r\nContent-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+            srv = self.server,
+            len = sdp.len()
+        )
+    }
+
+    /// ACK or BYE inside the dialog the 200 `resp` established.
+    pub fn in_dialog(&self, method: &str, resp: &Resp, cseq: u32, branch: &str) -> String {
+        let local = self.local();
+        let to = resp.header("to").unwrap_or_default();
+        let from = resp.header("from").unwrap_or_default();
+        let call_id = resp.header("call-id").unwrap_or_default();
+        format!(
+            "{method} sip:hotline@{srv} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+            srv = self.server
+        )
+    }
+}
+
+pub fn shared_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
