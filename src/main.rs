@@ -167,12 +167,12 @@ fn calls(cfg: &Config, json: bool, limit: usize) -> ExitCode {
         );
     } else {
         println!(
-            "{:>6}  {:<25}  {:<25}  {:<16}  {}",
-            "id", "started", "ended", "reason", "from"
+            "{:>6}  {:<32}  {:<32}  {:<16}  from",
+            "id", "started", "ended", "reason"
         );
         for r in rows {
             println!(
-                "{:>6}  {:<25}  {:<25}  {:<16}  {}",
+                "{:>6}  {:<32}  {:<32}  {:<16}  {}",
                 r.id,
                 r.started_at,
                 r.ended_at.unwrap_or_default(),

@@ -390,7 +390,7 @@ impl Config {
         if self.limits.max_calls == 0 {
             return Err(("limits.max_calls".into(), "must be at least 1".into()));
         }
-        let pairs = (self.rtp.ports.last as usize - self.rtp.ports.first as usize + 1) / 2;
+        let pairs = (self.rtp.ports.last as usize - self.rtp.ports.first as usize).div_ceil(2);
         if self.limits.max_calls > pairs {
             return Err((
                 "limits.max_calls".into(),

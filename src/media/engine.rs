@@ -202,7 +202,7 @@ async fn run(
                     // Unreachable or full: the packet is lost like any UDP packet.
                     let _ = leg.socket.try_send_to(&buf[..n], remote);
                 }
-                if ticks % 50 == 0 && !cfg.rtp_timeout.is_zero() {
+                if ticks.is_multiple_of(50) && !cfg.rtp_timeout.is_zero() {
                     let now_ms = epoch.elapsed().as_millis() as u64;
                     let limit = cfg.rtp_timeout.as_millis() as u64;
                     for (call, leg) in legs.iter_mut() {

@@ -527,7 +527,8 @@ impl Endpoint {
             },
             StartLine::Request { .. } => match validate_request(raw) {
                 Ok(req) => self.handle_request(now, peer, req),
-                Err((reject, raw)) => {
+                Err(refused) => {
+                    let (reject, raw) = *refused;
                     if reject.status == Some(400) {
                         self.stats.malformed += 1;
                     } else {

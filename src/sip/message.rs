@@ -231,7 +231,7 @@ fn parse_common(raw: &RawMessage) -> Result<Common, Reject> {
 }
 
 /// Validates a framed request. `Err` carries the response to send (or None to drop).
-pub fn validate_request(raw: RawMessage) -> Result<Request, (Reject, RawMessage)> {
+pub fn validate_request(raw: RawMessage) -> Result<Request, Box<(Reject, RawMessage)>> {
     match validate_request_inner(&raw) {
         Ok((method, uri, common)) => Ok(Request {
             method,
@@ -239,7 +239,7 @@ pub fn validate_request(raw: RawMessage) -> Result<Request, (Reject, RawMessage)
             common,
             raw,
         }),
-        Err(r) => Err((r, raw)),
+        Err(r) => Err(Box::new((r, raw))),
     }
 }
 
@@ -541,7 +541,7 @@ mod tests {
             format!("{text}\n")
         };
         let raw = frame_datagram(text.replace('\n', "\r\n").as_bytes()).map_err(|_| 0u16)?;
-        validate_request(raw).map_err(|(r, _)| r.status.unwrap_or(0))
+        validate_request(raw).map_err(|e| e.0.status.unwrap_or(0))
     }
 
     const BASE: &str = "OPTIONS sip:hotline@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1;rport\nFrom: <sip:a@127.0.0.1>;tag=1\nTo: <sip:hotline@127.0.0.1>\nCall-ID: c1\nCSeq: 1 OPTIONS\nMax-Forwards: 70\n";

@@ -287,7 +287,9 @@ pub fn frame_datagram(buf: &[u8]) -> Result<RawMessage, FrameError> {
 
 /// Like [`frame_datagram`] but, on error, still returns what could be read of the
 /// header section so that a 400 can be addressed to the sender.
-pub fn frame_datagram_lenient(buf: &[u8]) -> Result<RawMessage, (FrameError, Option<RawMessage>)> {
+pub fn frame_datagram_lenient(
+    buf: &[u8],
+) -> Result<RawMessage, (FrameError, Option<Box<RawMessage>>)> {
     frame_datagram(buf).map_err(|e| {
         let buf = trim_leading_crlf(buf);
         let partial = find_header_end(buf)
@@ -300,7 +302,7 @@ pub fn frame_datagram_lenient(buf: &[u8]) -> Result<RawMessage, (FrameError, Opt
                 })
             })
             .or_else(|| salvage_headers(buf));
-        (e, partial)
+        (e, partial.map(Box::new))
     })
 }
 
