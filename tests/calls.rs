@@ -8,9 +8,14 @@ use common::{recv_response, require_tool, RawClient, Server};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Runs SIPp on free local SIP and media ports (its defaults, 5060 and 6000, would
+/// collide with other tests).
 fn sipp(args: &[&str]) -> std::process::Output {
+    let port = common::free_udp_port().to_string();
+    let media = common::free_udp_port().to_string();
     Command::new("sipp")
         .args(args)
+        .args(["-p", &port, "-mp", &media])
         .args(["-nostdin", "-timeout", "120s", "-timeout_error"])
         .output()
         .expect("run sipp")
@@ -38,8 +43,6 @@ fn run_sipp_uac(transport: &str) {
         &target.to_string(),
         "-i",
         "127.0.0.1",
-        "-p",
-        "0",
         "-t",
         transport,
         "-r",
@@ -95,8 +98,6 @@ fn cancel_before_answer_gets_487_and_a_cancel_row() {
         &server.udp.to_string(),
         "-i",
         "127.0.0.1",
-        "-p",
-        "0",
         "-m",
         "3",
         "-r",

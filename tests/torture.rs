@@ -80,6 +80,20 @@ fn sent_by_port(msg: &[u8]) -> u16 {
     port.unwrap_or(5060)
 }
 
+/// The sent-by port may be briefly taken by another test's client; wait for it.
+fn bind_retrying(port: u16, file: &str) -> UdpSocket {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match UdpSocket::bind(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() > until => {
+                panic!("bind 127.0.0.1:{port} for {file}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 #[test]
 fn torture_corpus_over_udp() {
     let server = Server::start(&["limits.source_rate=10000.0", "limits.source_burst=100000"]);
@@ -91,8 +105,7 @@ fn torture_corpus_over_udp() {
         let msg = std::fs::read(dir.join(&case.file)).expect("read corpus file");
         let is_response = msg.starts_with(b"SIP/");
         let port = sent_by_port(&msg);
-        let sock = UdpSocket::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port} for {}: {e}", case.file));
+        let sock = bind_retrying(port, &case.file);
         sock.send_to(&msg, server.udp).expect("send");
         let call_id = header_value(&msg, &["call-id", "i"]);
         let wait = if is_response {
