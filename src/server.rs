@@ -40,12 +40,17 @@ pub fn endpoint_config(cfg: &Config, filter: &CallerIdFilter) -> EndpointConfig 
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.storage.data_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot create data directory: {e}",
-            cfg.storage.data_dir.display()
-        )
-    })?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.storage.data_dir)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot create data directory: {e}",
+                cfg.storage.data_dir.display()
+            )
+        })?;
     let filter = CallerIdFilter::load(cfg.privacy.caller_id, &cfg.privacy.hash_key_file)
         .map_err(anyhow::Error::msg)?;
     let addr_filter = {
