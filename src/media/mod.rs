@@ -3,10 +3,15 @@
 //! `g711` and `rtp` are sans-IO building blocks; `engine` is the tokio layer that owns
 //! RTP sockets and paces every call's packets from one clock.
 
+pub mod dtmf;
 pub mod engine;
 pub mod g711;
+pub mod inband;
 pub mod level;
 pub mod prompt;
 pub mod recorder;
 pub mod reorder;
+pub mod rfc4733;
 pub mod rtp;
+pub mod sip_info;
+pub mod tone;
