@@ -13,5 +13,6 @@ pub mod recorder;
 pub mod reorder;
 pub mod rfc4733;
 pub mod rtp;
+pub mod session;
 pub mod sip_info;
 pub mod tone;

@@ -60,6 +60,36 @@ impl RtpSender {
         self.talkspurt = true;
     }
 
+    /// Moves the media clock on without sending (a frame's worth of time that went to a
+    /// telephone-event packet, which keeps its own timestamp).
+    pub fn advance(&mut self, samples: u32) {
+        self.timestamp = self.timestamp.wrapping_add(samples);
+    }
+
+    /// Builds a telephone-event packet (RFC 4733): its own timestamp (the event's start)
+    /// and marker, the stream's next sequence number.
+    pub fn build_event(
+        &mut self,
+        payload_type: u8,
+        payload: &[u8; 4],
+        timestamp: u32,
+        marker: bool,
+        out: &mut [u8; MAX_PACKET],
+    ) -> usize {
+        let len = RtpPacketBuilder::new()
+            .payload_type(payload_type)
+            .ssrc(self.ssrc)
+            .sequence(Seq::from(self.seq))
+            .timestamp(timestamp)
+            .marked(marker)
+            .payload(payload)
+            .build_into(out)
+            .unwrap_or(0);
+        self.seq = self.seq.wrapping_add(1);
+        self.talkspurt = true;
+        len
+    }
+
     /// Builds the next packet into `out`, returning its length.
     pub fn build(&mut self, payload_type: u8, payload: &[u8], out: &mut [u8; MAX_PACKET]) -> usize {
         let len = RtpPacketBuilder::new()

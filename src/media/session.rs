@@ -1,0 +1,482 @@
+//! One call's media, sans-IO: what to send every 20 ms and what the received RTP
+//! means (audio for the recorder and the in-band detector, telephone-events, digits).
+//!
+//! Owns the per-call pipeline: prompt playback with barge-in, outgoing DTMF (RFC 4733
+//! events or in-band tones), reorder buffer -> G.711 decode -> in-band detection ->
+//! voicemail recording with its stop rules. The caller of this type owns the socket
+//! and the clock: `on_rtp` takes a received packet, `on_tick` fills the next packet
+//! to send, events come out of `poll_event`. Must not know about SIP or the IVR.
+
+use super::dtmf::{DigitEvent, DigitSource};
+use super::g711::{self, Codec};
+use super::inband::InbandDetector;
+use super::prompt::{Prompt, PromptPlayer};
+use super::recorder::{
+    Channels, RecorderConfig, RecordingInfo, StopReason, VoicemailStop, VoicemailStopConfig,
+    WavRecorder,
+};
+use super::reorder::{Frame, ReorderBuffer};
+use super::rfc4733::{Rfc4733Receiver, Rfc4733Sender};
+use super::rtp::{RtpSender, MAX_PACKET, SAMPLES_PER_FRAME};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How digits we send leave the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfMode {
+    Rfc4733,
+    Inband,
+}
+
+#[derive(Debug)]
+pub enum SessionEvent {
+    Digit(DigitEvent),
+    /// The prompts started with `play(token, ..)` have all been sent.
+    PlayFinished(u64),
+    RecordingStopped {
+        reason: StopReason,
+        result: Result<RecordingInfo, String>,
+    },
+}
+
+/// What a recording should do with the caller's audio.
+#[derive(Debug, Clone)]
+pub struct RecordSpec {
+    pub stop: VoicemailStopConfig,
+}
+
+struct Recording {
+    writer: WavRecorder,
+    stop: VoicemailStop,
+}
+
+pub struct MediaSession {
+    codec: Codec,
+    telephone_event_pt: Option<u8>,
+    rtp: RtpSender,
+    player: PromptPlayer,
+    play_token: Option<u64>,
+    /// Audio that goes before prompts (in-band digits we send).
+    injected: VecDeque<u8>,
+    /// Telephone-event packets still to send: (payload, marker).
+    events_out: VecDeque<([u8; 4], bool)>,
+    event_timestamp: u32,
+    reorder: ReorderBuffer,
+    pcm: Vec<i16>,
+    inband: Option<InbandDetector>,
+    rfc4733: Rfc4733Receiver,
+    recording: Option<Recording>,
+    /// Media time of received audio in ms (frames decoded × 20 ms).
+    rx_ms: u64,
+    events: VecDeque<SessionEvent>,
+    pub packets_received: u64,
+}
+
+impl MediaSession {
+    /// `inband` turns the Goertzel detector on (when the peer did not negotiate
+    /// telephone-event, or when configured to listen anyway).
+    pub fn new(codec: Codec, telephone_event_pt: Option<u8>, inband: bool) -> Self {
+        MediaSession {
+            codec,
+            telephone_event_pt,
+            rtp: RtpSender::new_random(),
+            player: PromptPlayer::new(),
+            play_token: None,
+            injected: VecDeque::new(),
+            events_out: VecDeque::new(),
+            event_timestamp: 0,
+            reorder: ReorderBuffer::default(),
+            pcm: Vec::with_capacity(320),
+            inband: inband.then(InbandDetector::default),
+            rfc4733: Rfc4733Receiver::default(),
+            recording: None,
+            rx_ms: 0,
+            events: VecDeque::new(),
+            packets_received: 0,
+        }
+    }
+
+    /// Re-negotiation (re-INVITE) may change codec or event payload type.
+    pub fn update(&mut self, codec: Codec, telephone_event_pt: Option<u8>) {
+        self.codec = codec;
+        self.telephone_event_pt = telephone_event_pt;
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    // ---- sending --------------------------------------------------------------
+
+    /// Plays `prompts` in order, replacing whatever played before.
+    pub fn play(&mut self, token: u64, prompts: Vec<Arc<Prompt>>, looping: bool) {
+        self.player.stop();
+        self.player = PromptPlayer::new();
+        for p in prompts {
+            self.player.enqueue(p);
+        }
+        self.player.set_looping(looping);
+        self.play_token = Some(token);
+        self.rtp.mark_talkspurt();
+    }
+
+    pub fn stop_playback(&mut self) {
+        self.player.stop();
+        self.play_token = None;
+    }
+
+    /// Queues a digit to send (the test caller's side).
+    pub fn send_digit(&mut self, digit: char, duration_ms: u32, mode: DtmfMode) {
+        match (mode, self.telephone_event_pt) {
+            (DtmfMode::Rfc4733, Some(_)) => {
+                if let Some(packets) = Rfc4733Sender::default().packets(digit, duration_ms, 10) {
+                    self.events_out
+                        .extend(packets.iter().map(|p| (p.payload, p.marker)));
+                }
+            }
+            _ => {
+                // Q.24-compliant level and timing: -8 dBm0 per tone, then a pause.
+                let tone =
+                    super::tone::dtmf_tone(digit, duration_ms, -8.0, 8000).unwrap_or_default();
+                let mut encoded = Vec::with_capacity(tone.len());
+                g711::encode(self.codec, &tone, &mut encoded);
+                self.injected.extend(encoded);
+                let pause = (duration_ms.max(60) * 8) as usize;
+                self.injected
+                    .extend(std::iter::repeat_n(self.codec.silence_byte(), pause));
+            }
+        }
+    }
+
+    /// Whether anything but silence is queued to send.
+    pub fn is_sending_audio(&self) -> bool {
+        !self.injected.is_empty() || !self.events_out.is_empty() || self.play_token.is_some()
+    }
+
+    /// Builds the packet for this 20 ms tick into `out` and returns its length. Always
+    /// returns a packet: silence when nothing plays, so NAT bindings stay open and the
+    /// caller never hears dead air as a dropped line.
+    pub fn on_tick(&mut self, out: &mut [u8; MAX_PACKET]) -> usize {
+        if let (Some((payload, marker)), Some(pt)) =
+            (self.events_out.front().copied(), self.telephone_event_pt)
+        {
+            self.events_out.pop_front();
+            if marker {
+                self.event_timestamp = self.rtp.timestamp();
+            }
+            let n = self
+                .rtp
+                .build_event(pt, &payload, self.event_timestamp, marker, out);
+            self.rtp.advance(SAMPLES_PER_FRAME);
+            return n;
+        }
+        let pt = self.codec.payload_type();
+        if !self.injected.is_empty() {
+            let mut frame = [self.codec.silence_byte(); SAMPLES_PER_FRAME as usize];
+            for b in frame.iter_mut() {
+                match self.injected.pop_front() {
+                    Some(x) => *b = x,
+                    None => break,
+                }
+            }
+            return self.rtp.build(pt, &frame, out);
+        }
+        if self.play_token.is_some() {
+            if let Some(frame) = self.player.next_frame(self.codec) {
+                let mut buf = [0u8; SAMPLES_PER_FRAME as usize];
+                let n = frame.len().min(buf.len());
+                buf[..n].copy_from_slice(&frame[..n]);
+                return self.rtp.build(pt, &buf[..n], out);
+            }
+            if let Some(token) = self.play_token.take() {
+                self.events.push_back(SessionEvent::PlayFinished(token));
+            }
+        }
+        let silence = [self.codec.silence_byte(); SAMPLES_PER_FRAME as usize];
+        self.rtp.build(pt, &silence, out)
+    }
+
+    // ---- receiving ------------------------------------------------------------
+
+    /// A packet arrived from the peer's media address.
+    pub fn on_rtp(&mut self, packet: &[u8], now_ms: u64) {
+        let Ok(rtp) = rtp_rs::RtpReader::new(packet) else {
+            return;
+        };
+        self.packets_received += 1;
+        let pt = rtp.payload_type();
+        if Some(pt) == self.telephone_event_pt {
+            if let Some(d) =
+                self.rfc4733
+                    .on_packet(rtp.timestamp(), rtp.mark(), rtp.payload(), now_ms)
+            {
+                self.digit(d);
+            }
+            return;
+        }
+        let Some(codec) = Codec::from_payload_type(pt) else {
+            return; // Comfort noise (13) and anything unnegotiated carry no speech we keep.
+        };
+        let seq: u16 = rtp.sequence_number().into();
+        self.reorder.push(seq, rtp.payload());
+        while let Some(frame) = self.reorder.pop() {
+            self.pcm.clear();
+            match frame {
+                Frame::Audio { payload, .. } => g711::decode_into(codec, payload, &mut self.pcm),
+                Frame::Missing { len, .. } => self.pcm.resize(len, 0),
+            }
+            Self::process_audio(
+                &self.pcm,
+                self.rx_ms,
+                &mut self.inband,
+                &mut self.recording,
+                &mut self.events,
+            );
+            self.rx_ms += (self.pcm.len() as u64) / 8;
+        }
+    }
+
+    fn process_audio(
+        pcm: &[i16],
+        at_ms: u64,
+        inband: &mut Option<InbandDetector>,
+        recording: &mut Option<Recording>,
+        events: &mut VecDeque<SessionEvent>,
+    ) {
+        let mut stop_for_digit = None;
+        if let Some(det) = inband.as_mut() {
+            for d in det.push(pcm, at_ms) {
+                events.push_back(SessionEvent::Digit(*d));
+                if let Some(r) = recording.as_mut() {
+                    stop_for_digit = stop_for_digit.or(r.stop.push_digit(d.digit));
+                }
+            }
+        }
+        if let Some(r) = recording.as_mut() {
+            if r.writer.write_mono(pcm).is_err() {
+                tracing::error!("recording write failed");
+            }
+            if let Some(stop) = stop_for_digit.or_else(|| r.stop.push_frame(pcm)) {
+                Self::finish(recording, stop.reason, Some(stop.keep_samples), events);
+            }
+        }
+    }
+
+    fn digit(&mut self, d: DigitEvent) {
+        let stop = self
+            .recording
+            .as_mut()
+            .and_then(|r| r.stop.push_digit(d.digit));
+        self.events.push_back(SessionEvent::Digit(d));
+        if let Some(stop) = stop {
+            Self::finish(
+                &mut self.recording,
+                stop.reason,
+                Some(stop.keep_samples),
+                &mut self.events,
+            );
+        }
+    }
+
+    /// A digit that arrived by SIP INFO: same path as one from RTP.
+    pub fn on_info_digit(&mut self, digit: char, duration_ms: u32) {
+        let d = DigitEvent {
+            digit,
+            source: DigitSource::SipInfo,
+            at_ms: self.rx_ms,
+            duration_ms,
+        };
+        self.digit(d);
+    }
+
+    // ---- recording ------------------------------------------------------------
+
+    /// Starts recording the caller's audio to `path` (mono, 8 kHz, 16-bit).
+    pub fn start_recording(&mut self, path: &Path, spec: &RecordSpec) -> Result<(), String> {
+        if self.recording.is_some() {
+            return Err("already recording".into());
+        }
+        let writer = WavRecorder::create(
+            path,
+            RecorderConfig {
+                channels: Channels::Mono,
+                ..RecorderConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        self.recording = Some(Recording {
+            writer,
+            stop: VoicemailStop::new(&spec.stop),
+        });
+        Ok(())
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_some()
+    }
+
+    /// Ends a recording from outside (hang-up, or the flow moved on).
+    pub fn stop_recording(&mut self) {
+        if let Some(r) = self.recording.as_mut() {
+            let stop = r.stop.hang_up();
+            Self::finish(
+                &mut self.recording,
+                stop.reason,
+                Some(stop.keep_samples),
+                &mut self.events,
+            );
+        }
+    }
+
+    fn finish(
+        recording: &mut Option<Recording>,
+        reason: StopReason,
+        keep: Option<u64>,
+        events: &mut VecDeque<SessionEvent>,
+    ) {
+        let Some(r) = recording.take() else { return };
+        let result = match keep {
+            Some(k) if k < r.writer.samples() => r.writer.finish_truncated(k),
+            _ => r.writer.finish(),
+        }
+        .map_err(|e| e.to_string());
+        events.push_back(SessionEvent::RecordingStopped { reason, result });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::prompt::PromptAudio;
+
+    fn packet(sender: &mut RtpSender, pt: u8, payload: &[u8]) -> Vec<u8> {
+        let mut buf = [0u8; MAX_PACKET];
+        let n = sender.build(pt, payload, &mut buf);
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn playback_then_silence_and_finished_event() {
+        let mut s = MediaSession::new(Codec::Pcmu, Some(101), false);
+        let prompt = Arc::new(Prompt::new(PromptAudio::new("p", vec![1000; 800])));
+        s.play(7, vec![prompt], false);
+        let mut out = [0u8; MAX_PACKET];
+        let mut sent = 0;
+        for _ in 0..10 {
+            let n = s.on_tick(&mut out);
+            assert_eq!(n, 12 + 160);
+            sent += 1;
+        }
+        assert_eq!(sent, 10);
+        let finished: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(
+            matches!(finished.as_slice(), [SessionEvent::PlayFinished(7)]),
+            "{finished:?}"
+        );
+    }
+
+    #[test]
+    fn rfc4733_digits_from_a_sending_session_arrive_once() {
+        let mut caller = MediaSession::new(Codec::Pcmu, Some(101), false);
+        let mut hotline = MediaSession::new(Codec::Pcmu, Some(101), false);
+        for d in "1234567890*#".chars() {
+            caller.send_digit(d, 100, DtmfMode::Rfc4733);
+        }
+        caller.send_digit('1', 100, DtmfMode::Rfc4733);
+        caller.send_digit('1', 100, DtmfMode::Rfc4733);
+        let mut out = [0u8; MAX_PACKET];
+        for t in 0..200 {
+            let n = caller.on_tick(&mut out);
+            hotline.on_rtp(&out[..n], t * 20);
+        }
+        let digits: String = std::iter::from_fn(|| hotline.poll_event())
+            .filter_map(|e| match e {
+                SessionEvent::Digit(d) => Some(d.digit),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(digits, "1234567890*#11");
+    }
+
+    #[test]
+    fn inband_digits_through_g711_arrive_once() {
+        for codec in [Codec::Pcmu, Codec::Pcma] {
+            let mut caller = MediaSession::new(codec, None, false);
+            let mut hotline = MediaSession::new(codec, None, true);
+            for d in "1234567890*#11".chars() {
+                caller.send_digit(d, 80, DtmfMode::Inband);
+            }
+            let mut out = [0u8; MAX_PACKET];
+            for t in 0..200 {
+                let n = caller.on_tick(&mut out);
+                hotline.on_rtp(&out[..n], t * 20);
+            }
+            let digits: String = std::iter::from_fn(|| hotline.poll_event())
+                .filter_map(|e| match e {
+                    SessionEvent::Digit(d) => Some(d.digit),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(digits, "1234567890*#11", "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn recording_stops_on_finish_key_and_keeps_audio() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.wav");
+        let mut s = MediaSession::new(Codec::Pcma, Some(101), false);
+        s.start_recording(
+            &path,
+            &RecordSpec {
+                stop: VoicemailStopConfig::default(),
+            },
+        )
+        .unwrap();
+        let mut peer = RtpSender::new(1, 65500, 0);
+        let tone: Vec<i16> = (0..160)
+            .map(|i| ((i as f64 * 0.3).sin() * 8000.0) as i16)
+            .collect();
+        let mut enc = Vec::new();
+        g711::encode(Codec::Pcma, &tone, &mut enc);
+        for t in 0..100 {
+            let p = packet(&mut peer, 8, &enc);
+            s.on_rtp(&p, t * 20);
+        }
+        s.on_info_digit('#', 100);
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        let stopped = events.iter().find_map(|e| match e {
+            SessionEvent::RecordingStopped { reason, result } => Some((*reason, result.clone())),
+            _ => None,
+        });
+        let (reason, result) = stopped.expect("stopped");
+        assert_eq!(reason, StopReason::FinishKey);
+        let info = result.unwrap();
+        assert_eq!(info.duration_ms, 2000);
+        let reader = hound::WavReader::open(&path).unwrap();
+        assert_eq!(reader.len(), 16000);
+    }
+
+    #[test]
+    fn garbage_packets_are_ignored() {
+        let mut s = MediaSession::new(Codec::Pcmu, Some(101), true);
+        let mut x: u32 = 12345;
+        for t in 0..5000 {
+            let len = (x % 200) as usize;
+            let mut p = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                p.push(x as u8);
+            }
+            s.on_rtp(&p, t);
+        }
+        while s.poll_event().is_some() {}
+    }
+}
