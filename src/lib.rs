@@ -1,5 +1,6 @@
 //! hotline: a SIP voice hotline. See docs/architecture.md for the map.
 
+pub mod app;
 pub mod config;
 pub mod ivr;
 pub mod media;

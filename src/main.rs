@@ -35,6 +35,13 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// List voice messages, newest first.
+    Voicemails {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Place a test call (a small softphone for smoke tests).
     Call {
         /// Whom to call, e.g. sip:hotline@127.0.0.1:5060
@@ -45,6 +52,18 @@ enum Command {
         /// Local address to send from (default: chosen by routing).
         #[arg(long)]
         bind: Option<std::net::SocketAddr>,
+        /// Digits to send and when, in seconds after the answer: "1@3.0,2@5.5".
+        #[arg(long, default_value = "")]
+        dtmf: String,
+        /// How digits are sent: rfc4733, inband or info.
+        #[arg(long, default_value = "rfc4733")]
+        dtmf_mode: hotline::uac::DigitMode,
+        /// A WAV file to play as the caller's voice after the answer.
+        #[arg(long)]
+        play: Option<PathBuf>,
+        /// Record what the caller hears into this WAV file.
+        #[arg(long)]
+        record: Option<PathBuf>,
     },
 }
 
@@ -71,10 +90,24 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check => {
-            println!("{file}: ok");
-            ExitCode::SUCCESS
-        }
+        Command::Check => match hotline::app::load_call_flow(&cfg) {
+            Ok((flow, prompts)) => {
+                println!(
+                    "{file}: ok; {}: {} nodes; {}: {} prompts",
+                    cfg.ivr.flow.display(),
+                    flow.nodes.len(),
+                    cfg.prompts.dir.display(),
+                    prompts.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("hotline: {e}");
+                }
+                ExitCode::from(2)
+            }
+        },
         Command::Serve => {
             init_logs(&cfg, cli.log_json);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -89,18 +122,36 @@ fn main() -> ExitCode {
             };
             match rt.block_on(hotline::server::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
+                Err(hotline::server::StartError::Config(errors)) => {
+                    for e in errors {
+                        eprintln!("hotline: {e}");
+                    }
+                    ExitCode::from(2)
+                }
+                Err(hotline::server::StartError::Other(e)) => {
                     eprintln!("hotline: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
         Command::Calls { json, limit } => calls(&cfg, json, limit),
+        Command::Voicemails { json, limit } => voicemails(&cfg, json, limit),
         Command::Call {
             uri,
             hangup_after,
             bind,
+            dtmf,
+            dtmf_mode,
+            play,
+            record,
         } => {
+            let dtmf = match hotline::uac::parse_dtmf_schedule(&dtmf) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("hotline: --dtmf: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             init_logs(&cfg, cli.log_json);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -117,6 +168,10 @@ fn main() -> ExitCode {
                 hangup_after: Duration::from_secs_f64(hangup_after.clamp(0.0, 86_400.0)),
                 bind,
                 rtp_ports: cfg.rtp.ports,
+                dtmf,
+                dtmf_mode,
+                play,
+                record,
             };
             match rt.block_on(hotline::uac::run(opts)) {
                 Ok(summary) => {
@@ -182,4 +237,49 @@ fn calls(cfg: &Config, json: bool, limit: usize) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn voicemails(cfg: &Config, json: bool, limit: usize) -> ExitCode {
+    let path = cfg.database_path();
+    let conn = match hotline::store::open_existing(&path) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            println!("{}", if json { "[]" } else { "no voice messages yet" });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("hotline: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match hotline::store::list_voicemails(&conn, limit) {
+        Ok(rows) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rows).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(rows) => {
+            for v in rows {
+                println!(
+                    "{}  ref {}  {:>6} ms{}  {}",
+                    v.recording.created_at,
+                    v.reference.unwrap_or_else(|| "-".into()),
+                    v.recording.duration_ms,
+                    if v.recording.partial {
+                        " (partial)"
+                    } else {
+                        ""
+                    },
+                    v.recording.path
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hotline: {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
 }

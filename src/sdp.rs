@@ -256,7 +256,13 @@ pub fn answer(
 
 /// Our offer (INVITE without SDP, or calls we place): every codec we support, in our
 /// order of preference, plus telephone-event.
-pub fn offer(preference: &[Codec], origin: SdpOrigin, ip: IpAddr, port: u16) -> String {
+pub fn offer(
+    preference: &[Codec],
+    telephone_event: bool,
+    origin: SdpOrigin,
+    ip: IpAddr,
+    port: u16,
+) -> String {
     let mut out = String::with_capacity(300);
     header(&mut out, origin, ip);
     let te = OUR_TELEPHONE_EVENT_PT;
@@ -264,7 +270,10 @@ pub fn offer(preference: &[Codec], origin: SdpOrigin, ip: IpAddr, port: u16) -> 
     for c in preference {
         let _ = write!(out, " {}", c.payload_type());
     }
-    let _ = write!(out, " {te}\r\n");
+    if telephone_event {
+        let _ = write!(out, " {te}");
+    }
+    out.push_str("\r\n");
     for c in preference {
         let _ = write!(
             out,
@@ -273,10 +282,13 @@ pub fn offer(preference: &[Codec], origin: SdpOrigin, ip: IpAddr, port: u16) -> 
             c.sdp_name()
         );
     }
-    let _ = write!(
-        out,
-        "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
-    );
+    if telephone_event {
+        let _ = write!(
+            out,
+            "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
+        );
+    }
+    out.push_str("a=ptime:20\r\na=sendrecv\r\n");
     out
 }
 

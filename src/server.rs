@@ -5,8 +5,9 @@
 //! dispatch of the endpoint's outputs, and orderly shutdown (every call hung up, every
 //! row committed). Must not hold call logic: that is in `sip::endpoint`.
 
+use crate::app::{App, AppOutput};
 use crate::config::{CallerIdPolicy, Config};
-use crate::media::engine::{self, MediaConfig, MediaEvent};
+use crate::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig, MediaEvent};
 use crate::privacy::CallerIdFilter;
 use crate::sip::transport::{self, NetInput, TcpLimits, Transports};
 use crate::sip::{Endpoint, EndpointConfig, Output, TimerConfig};
@@ -39,7 +40,27 @@ pub fn endpoint_config(cfg: &Config, filter: &CallerIdFilter) -> EndpointConfig 
     }
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Start-up failures: configuration problems (exit 2, nothing started) or others.
+#[derive(Debug)]
+pub enum StartError {
+    Config(Vec<String>),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Other(e)
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Other(e.into())
+    }
+}
+
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    let (flow, prompts) = crate::app::load_call_flow(&cfg).map_err(StartError::Config)?;
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -59,6 +80,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let store_tx = store::spawn_writer(cfg.database_path(), addr_filter)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
+    // Recordings cut short by a crash or power loss get their WAV header repaired.
+    if let Ok(reports) = crate::media::recorder::repair_dir_recursive(cfg.recordings_dir()) {
+        for r in reports {
+            match &r.result {
+                Ok(crate::media::recorder::RepairOutcome::AlreadyValid) => {}
+                Ok(outcome) => {
+                    tracing::warn!(path = %r.path.display(), ?outcome, "recording repaired")
+                }
+                Err(e) => {
+                    tracing::error!(path = %r.path.display(), "recording cannot be repaired: {e}")
+                }
+            }
+        }
+    }
+    let (stored_tx, mut stored_rx) = mpsc::unbounded_channel();
+    let mut app = App::new(flow, prompts.clone(), cfg.recordings_dir(), stored_tx);
 
     let (net_tx, mut net_rx) = transport::input_channel();
     let limits = TcpLimits {
@@ -72,6 +109,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         MediaConfig {
             ports: cfg.rtp.ports,
             rtp_timeout: Duration::from_secs(cfg.rtp.timeout_s),
+            inband: InbandPolicy::Auto,
         },
         media_ev_tx,
     );
@@ -80,10 +118,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         println!("hotline: SIP listening on {b}");
     }
     println!(
-        "hotline: RTP ports {}-{}, database {}, caller-id {:?}",
+        "hotline: RTP ports {}-{}, database {}, {} prompts, caller-id {:?}",
         cfg.rtp.ports.first,
         cfg.rtp.ports.last,
         cfg.database_path().display(),
+        prompts.len(),
         cfg.privacy.caller_id
     );
     tracing::info!("hotline started");
@@ -94,6 +133,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     loop {
         let deadline = ep
             .poll_timeout()
+            .into_iter()
+            .chain(app.poll_timeout())
+            .min()
             .map(Instant::from_std)
             .unwrap_or(far)
             .min(shutting_down.unwrap_or(far));
@@ -111,7 +153,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     MediaEvent::Allocated { call, port } => ep.media_allocated(now, call, port),
                     MediaEvent::Failed { call } => ep.media_failed(now, call),
                     MediaEvent::RtpTimeout { call } => ep.hangup(now, call, crate::sip::EndReason::RtpTimeout),
+                    other => app.on_media_event(other, now),
                 }
+            }
+            Some((call, ok)) = stored_rx.recv() => {
+                app.on_stored(call, ok, std::time::Instant::now());
             }
             Some(input) = net_rx.recv() => {
                 let now = std::time::Instant::now();
@@ -122,17 +168,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         Ok(input) => handle_net(&mut ep, &mut transports, now, input),
                         Err(_) => break,
                     }
-                    dispatch(&mut ep, &mut transports, &media, &store_tx);
+                    dispatch(&mut ep, &mut app, &mut transports, &media, &store_tx);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
                 ep.handle_timeout(std::time::Instant::now());
+                app.handle_timeout(std::time::Instant::now());
                 if shutting_down.is_some_and(|t| t <= Instant::now()) {
                     break;
                 }
             }
         }
-        dispatch(&mut ep, &mut transports, &media, &store_tx);
+        dispatch(&mut ep, &mut app, &mut transports, &media, &store_tx);
         if shutting_down.is_some() && ep.call_count() == 0 {
             break;
         }
@@ -180,25 +227,50 @@ fn handle_net(
 
 fn dispatch(
     ep: &mut Endpoint,
+    app: &mut App,
     transports: &mut Transports,
     media: &engine::MediaHandle,
     store_tx: &std::sync::mpsc::Sender<StoreCommand>,
 ) {
-    while let Some(out) = ep.poll_output() {
-        match out {
-            Output::Transmit { peer, data } => transports.send(peer, data),
-            Output::Media(cmd) => {
-                let _ = media.commands.send(cmd);
+    loop {
+        let now = std::time::Instant::now();
+        let mut progressed = false;
+        while let Some(out) = ep.poll_output() {
+            progressed = true;
+            match out {
+                Output::Transmit { peer, data } => transports.send(peer, data),
+                Output::Media(cmd) => media.send(EngineCommand::Sip(cmd)),
+                Output::Call(ev) => {
+                    app.on_call_event(&ev, now);
+                    let _ = store_tx.send(StoreCommand::Event(ev));
+                }
+                Output::Info {
+                    call,
+                    content_type,
+                    body,
+                } => match crate::media::sip_info::parse_dtmf_info(&content_type, &body) {
+                    Ok((digit, duration)) => media.send(EngineCommand::InfoDigit {
+                        call,
+                        digit,
+                        duration_ms: duration.unwrap_or(100),
+                    }),
+                    Err(e) => tracing::debug!(call, "INFO without a digit: {e}"),
+                },
+                Output::CloseConnection(id) => transports.close(id),
             }
-            Output::Call(ev) => {
-                let _ = store_tx.send(StoreCommand::Event(ev));
+        }
+        while let Some(out) = app.poll_output() {
+            progressed = true;
+            match out {
+                AppOutput::Media(cmd) => media.send(cmd),
+                AppOutput::Store(cmd) => {
+                    let _ = store_tx.send(cmd);
+                }
+                AppOutput::Hangup(call) => ep.hangup(now, call, crate::sip::EndReason::OurBye),
             }
-            Output::Info {
-                call, content_type, ..
-            } => {
-                tracing::debug!(call, %content_type, "INFO received");
-            }
-            Output::CloseConnection(id) => transports.close(id),
+        }
+        if !progressed {
+            break;
         }
     }
 }

@@ -1,19 +1,27 @@
 //! The tokio side of media: RTP port pool, one socket pair per call, and one shared
 //! 20 ms clock that paces the packets of every call.
 //!
-//! Owns sockets and timing; decisions about what to play or record belong to the
-//! sans-IO parts (`rtp`, and the call logic above). One clock for all calls instead
-//! of a timer per call keeps wake-ups constant as calls grow, and the schedule is
-//! derived from the start instant so pacing never drifts.
+//! Owns sockets and timing; what each packet carries and what received packets mean
+//! is decided by the sans-IO `session::MediaSession` of the call. One clock for all
+//! calls instead of a timer per call keeps wake-ups constant as calls grow, and the
+//! schedule is derived from the start instant so pacing never drifts. Received packets
+//! are accepted only from the address the peer signalled (no RTP bleed: another
+//! host's packets never reach a call, and our audio never goes anywhere but the
+//! signalled address).
 
+use super::dtmf::DigitEvent;
 use super::g711::Codec;
-use super::rtp::{RtpSender, MAX_PACKET};
+use super::prompt::Prompt;
+use super::recorder::{RecordingInfo, StopReason};
+use super::rtp::MAX_PACKET;
+use super::session::{DtmfMode, MediaSession, RecordSpec, SessionEvent};
 use crate::config::PortRange;
 use crate::sip::{CallId, MediaCommand};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -22,11 +30,73 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 pub const FRAME: Duration = Duration::from_millis(20);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum MediaEvent {
-    Allocated { call: CallId, port: u16 },
-    Failed { call: CallId },
-    RtpTimeout { call: CallId },
+    Allocated {
+        call: CallId,
+        port: u16,
+    },
+    Failed {
+        call: CallId,
+    },
+    RtpTimeout {
+        call: CallId,
+    },
+    Digit {
+        call: CallId,
+        digit: DigitEvent,
+    },
+    PlayFinished {
+        call: CallId,
+        token: u64,
+    },
+    RecordingStopped {
+        call: CallId,
+        reason: StopReason,
+        result: Result<RecordingInfo, String>,
+    },
+}
+
+/// What the call logic asks of a call's media.
+#[derive(Debug)]
+pub enum EngineCommand {
+    Sip(MediaCommand),
+    Play {
+        call: CallId,
+        token: u64,
+        prompts: Vec<Arc<Prompt>>,
+        looping: bool,
+    },
+    StopPlayback {
+        call: CallId,
+    },
+    StartRecording {
+        call: CallId,
+        path: PathBuf,
+        spec: RecordSpec,
+    },
+    StopRecording {
+        call: CallId,
+    },
+    SendDigit {
+        call: CallId,
+        digit: char,
+        duration_ms: u32,
+        mode: DtmfMode,
+    },
+    InfoDigit {
+        call: CallId,
+        digit: char,
+        duration_ms: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InbandPolicy {
+    /// Listen for tones only when the peer did not negotiate telephone-event.
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +104,7 @@ pub struct MediaConfig {
     pub ports: PortRange,
     /// No RTP from the peer for this long ends the call; zero disables.
     pub rtp_timeout: Duration,
+    pub inband: InbandPolicy,
 }
 
 /// Even ports of the range, handed out in shuffled order and returned to the back of
@@ -66,15 +137,19 @@ impl PortPool {
     }
 }
 
+/// State shared by a call's receive task and the clock.
+struct Shared {
+    session: MediaSession,
+    remote: Option<SocketAddr>,
+}
+
 struct Leg {
     port: u16,
     socket: Arc<UdpSocket>,
     tasks: [JoinHandle<()>; 2],
-    remote: Option<SocketAddr>,
-    codec: Codec,
+    shared: Arc<Mutex<Shared>>,
     send: bool,
     started: bool,
-    rtp: RtpSender,
     last_rx_ms: Arc<AtomicU64>,
     timed_out: bool,
 }
@@ -88,7 +163,13 @@ impl Drop for Leg {
 }
 
 pub struct MediaHandle {
-    pub commands: mpsc::UnboundedSender<MediaCommand>,
+    pub commands: mpsc::UnboundedSender<EngineCommand>,
+}
+
+impl MediaHandle {
+    pub fn send(&self, cmd: EngineCommand) {
+        let _ = self.commands.send(cmd);
+    }
 }
 
 pub fn spawn(cfg: MediaConfig, events: mpsc::UnboundedSender<MediaEvent>) -> MediaHandle {
@@ -105,9 +186,28 @@ fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<(std::net::UdpSocket, std
     Ok((rtp, rtcp))
 }
 
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn forward(call: CallId, session: &mut MediaSession, events: &mpsc::UnboundedSender<MediaEvent>) {
+    while let Some(ev) = session.poll_event() {
+        let ev = match ev {
+            SessionEvent::Digit(digit) => MediaEvent::Digit { call, digit },
+            SessionEvent::PlayFinished(token) => MediaEvent::PlayFinished { call, token },
+            SessionEvent::RecordingStopped { reason, result } => MediaEvent::RecordingStopped {
+                call,
+                reason,
+                result,
+            },
+        };
+        let _ = events.send(ev);
+    }
+}
+
 async fn run(
     cfg: MediaConfig,
-    mut commands: mpsc::UnboundedReceiver<MediaCommand>,
+    mut commands: mpsc::UnboundedReceiver<EngineCommand>,
     events: mpsc::UnboundedSender<MediaEvent>,
 ) {
     let mut pool = PortPool::new(cfg.ports);
@@ -115,92 +215,29 @@ async fn run(
     let epoch = Instant::now();
     let mut clock = tokio::time::interval(FRAME);
     // Burst catches up after a stall so the packet count matches elapsed time (no
-    // drift); the send loop below skips frames that are hopelessly late instead.
+    // drift, timestamps stay right).
     clock.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut ticks: u64 = 0;
     let mut buf = [0u8; MAX_PACKET];
-    let silence_u = [Codec::Pcmu.silence_byte(); 160];
-    let silence_a = [Codec::Pcma.silence_byte(); 160];
     loop {
         tokio::select! {
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
-                match cmd {
-                    MediaCommand::Allocate { call, local_ip } => {
-                        let mut bound = None;
-                        for _ in 0..16 {
-                            let Some(port) = pool.take() else { break };
-                            match bind_pair(local_ip, port) {
-                                Ok(pair) => { bound = Some((port, pair)); break; }
-                                Err(_) => pool.give_back(port),
-                            }
-                        }
-                        let Some((port, (rtp, rtcp))) = bound else {
-                            tracing::warn!(call, "no free RTP port");
-                            let _ = events.send(MediaEvent::Failed { call });
-                            continue;
-                        };
-                        let (Ok(rtp), Ok(rtcp)) = (UdpSocket::from_std(rtp), UdpSocket::from_std(rtcp)) else {
-                            pool.give_back(port);
-                            let _ = events.send(MediaEvent::Failed { call });
-                            continue;
-                        };
-                        let socket = Arc::new(rtp);
-                        let last_rx_ms = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
-                        let recv = tokio::spawn(receive(socket.clone(), last_rx_ms.clone(), epoch));
-                        // RTCP is received and ignored: peers expect the port to be open.
-                        let rtcp_task = tokio::spawn(async move {
-                            let mut b = [0u8; 1500];
-                            while rtcp.recv_from(&mut b).await.is_ok() {}
-                        });
-                        legs.insert(call, Leg {
-                            port,
-                            socket,
-                            tasks: [recv, rtcp_task],
-                            remote: None,
-                            codec: Codec::Pcmu,
-                            send: false,
-                            started: false,
-                            rtp: RtpSender::new_random(),
-                            last_rx_ms,
-                            timed_out: false,
-                        });
-                        let _ = events.send(MediaEvent::Allocated { call, port });
-                    }
-                    MediaCommand::Start { call, remote, codec, send, .. } => {
-                        if let Some(leg) = legs.get_mut(&call) {
-                            if leg.remote != remote {
-                                leg.rtp.mark_talkspurt();
-                            }
-                            leg.remote = remote;
-                            leg.codec = codec;
-                            leg.send = send;
-                            if !leg.started {
-                                leg.started = true;
-                                leg.last_rx_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    MediaCommand::Stop { call } => {
-                        if let Some(leg) = legs.remove(&call) {
-                            pool.give_back(leg.port);
-                        }
-                    }
-                }
+                handle_command(cmd, &cfg, &mut pool, &mut legs, &events, epoch);
             }
             _ = clock.tick() => {
                 ticks += 1;
-                for leg in legs.values_mut() {
-                    let (true, true, Some(remote)) = (leg.started, leg.send, leg.remote) else {
-                        if leg.started {
-                            leg.rtp.skip_frames(1);
-                        }
+                for (call, leg) in legs.iter_mut() {
+                    if !leg.started {
                         continue;
-                    };
-                    let payload = match leg.codec { Codec::Pcmu => &silence_u, Codec::Pcma => &silence_a };
-                    let n = leg.rtp.build(leg.codec.payload_type(), payload, &mut buf);
-                    // Unreachable or full: the packet is lost like any UDP packet.
-                    let _ = leg.socket.try_send_to(&buf[..n], remote);
+                    }
+                    let mut sh = lock(&leg.shared);
+                    let n = sh.session.on_tick(&mut buf);
+                    if let (true, Some(remote)) = (leg.send, sh.remote) {
+                        // Unreachable or full: the packet is lost like any UDP packet.
+                        let _ = leg.socket.try_send_to(&buf[..n], remote);
+                    }
+                    forward(*call, &mut sh.session, &events);
                 }
                 if ticks.is_multiple_of(50) && !cfg.rtp_timeout.is_zero() {
                     let now_ms = epoch.elapsed().as_millis() as u64;
@@ -218,13 +255,180 @@ async fn run(
     }
 }
 
-async fn receive(socket: Arc<UdpSocket>, last_rx_ms: Arc<AtomicU64>, epoch: Instant) {
-    let mut buf = [0u8; 1500];
-    while let Ok((n, _from)) = socket.recv_from(&mut buf).await {
-        // Only well-formed RTP version 2 counts as the peer being alive.
-        if n >= 12 && buf[0] >> 6 == 2 {
-            last_rx_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+fn handle_command(
+    cmd: EngineCommand,
+    cfg: &MediaConfig,
+    pool: &mut PortPool,
+    legs: &mut HashMap<CallId, Leg>,
+    events: &mpsc::UnboundedSender<MediaEvent>,
+    epoch: Instant,
+) {
+    let with =
+        |legs: &mut HashMap<CallId, Leg>, call: CallId, f: &mut dyn FnMut(&mut MediaSession)| {
+            if let Some(leg) = legs.get(&call) {
+                let mut sh = lock(&leg.shared);
+                f(&mut sh.session);
+                forward(call, &mut sh.session, events);
+            }
+        };
+    match cmd {
+        EngineCommand::Sip(MediaCommand::Allocate { call, local_ip }) => {
+            let mut bound = None;
+            for _ in 0..16 {
+                let Some(port) = pool.take() else { break };
+                match bind_pair(local_ip, port) {
+                    Ok(pair) => {
+                        bound = Some((port, pair));
+                        break;
+                    }
+                    Err(_) => pool.give_back(port),
+                }
+            }
+            let Some((port, (rtp, rtcp))) = bound else {
+                tracing::warn!(call, "no free RTP port");
+                let _ = events.send(MediaEvent::Failed { call });
+                return;
+            };
+            let (Ok(rtp), Ok(rtcp)) = (UdpSocket::from_std(rtp), UdpSocket::from_std(rtcp)) else {
+                pool.give_back(port);
+                let _ = events.send(MediaEvent::Failed { call });
+                return;
+            };
+            let socket = Arc::new(rtp);
+            let last_rx_ms = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
+            let shared = Arc::new(Mutex::new(Shared {
+                session: MediaSession::new(Codec::Pcmu, None, false),
+                remote: None,
+            }));
+            let recv = tokio::spawn(receive(
+                call,
+                socket.clone(),
+                shared.clone(),
+                last_rx_ms.clone(),
+                epoch,
+                events.clone(),
+            ));
+            // RTCP is received and ignored: peers expect the port to be open.
+            let rtcp_task = tokio::spawn(async move {
+                let mut b = [0u8; 1500];
+                while rtcp.recv_from(&mut b).await.is_ok() {}
+            });
+            legs.insert(
+                call,
+                Leg {
+                    port,
+                    socket,
+                    tasks: [recv, rtcp_task],
+                    shared,
+                    send: false,
+                    started: false,
+                    last_rx_ms,
+                    timed_out: false,
+                },
+            );
+            let _ = events.send(MediaEvent::Allocated { call, port });
         }
+        EngineCommand::Sip(MediaCommand::Start {
+            call,
+            remote,
+            codec,
+            telephone_event_pt,
+            send,
+        }) => {
+            if let Some(leg) = legs.get_mut(&call) {
+                let mut sh = lock(&leg.shared);
+                sh.remote = remote;
+                sh.session.update(codec, telephone_event_pt);
+                sh.session.set_inband(match cfg.inband {
+                    InbandPolicy::Always => true,
+                    InbandPolicy::Never => false,
+                    InbandPolicy::Auto => telephone_event_pt.is_none(),
+                });
+                leg.send = send;
+                if !leg.started {
+                    leg.started = true;
+                    leg.last_rx_ms
+                        .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        EngineCommand::Sip(MediaCommand::Stop { call }) => {
+            if let Some(leg) = legs.remove(&call) {
+                {
+                    let mut sh = lock(&leg.shared);
+                    // A recording in progress is kept: finish it before the leg goes.
+                    sh.session.stop_recording();
+                    forward(call, &mut sh.session, events);
+                }
+                pool.give_back(leg.port);
+            }
+        }
+        EngineCommand::Play {
+            call,
+            token,
+            prompts,
+            looping,
+        } => {
+            with(legs, call, &mut |s| s.play(token, prompts.clone(), looping));
+        }
+        EngineCommand::StopPlayback { call } => with(legs, call, &mut |s| s.stop_playback()),
+        EngineCommand::StartRecording { call, path, spec } => {
+            let mut failed = None;
+            with(legs, call, &mut |s| {
+                if let Err(e) = s.start_recording(&path, &spec) {
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed {
+                tracing::error!(call, "cannot start recording {}: {e}", path.display());
+                let _ = events.send(MediaEvent::RecordingStopped {
+                    call,
+                    reason: StopReason::HangUp,
+                    result: Err(e),
+                });
+            }
+        }
+        EngineCommand::StopRecording { call } => with(legs, call, &mut |s| s.stop_recording()),
+        EngineCommand::SendDigit {
+            call,
+            digit,
+            duration_ms,
+            mode,
+        } => {
+            with(legs, call, &mut |s| s.send_digit(digit, duration_ms, mode));
+        }
+        EngineCommand::InfoDigit {
+            call,
+            digit,
+            duration_ms,
+        } => {
+            with(legs, call, &mut |s| s.on_info_digit(digit, duration_ms));
+        }
+    }
+}
+
+async fn receive(
+    call: CallId,
+    socket: Arc<UdpSocket>,
+    shared: Arc<Mutex<Shared>>,
+    last_rx_ms: Arc<AtomicU64>,
+    epoch: Instant,
+    events: mpsc::UnboundedSender<MediaEvent>,
+) {
+    let mut buf = [0u8; 1500];
+    while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+        // Only RTP version 2 from the signalled address counts.
+        if n < 12 || buf[0] >> 6 != 2 {
+            continue;
+        }
+        let now_ms = epoch.elapsed().as_millis() as u64;
+        let mut sh = lock(&shared);
+        if sh.remote.map(|r| r.ip()) != Some(from.ip()) {
+            continue;
+        }
+        last_rx_ms.store(now_ms, Ordering::Relaxed);
+        sh.session.on_rtp(&buf[..n], now_ms);
+        forward(call, &mut sh.session, &events);
     }
 }
 

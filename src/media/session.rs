@@ -103,6 +103,15 @@ impl MediaSession {
         self.telephone_event_pt = telephone_event_pt;
     }
 
+    /// In-band detection is for peers that did not negotiate telephone-event.
+    pub fn set_inband(&mut self, on: bool) {
+        match (on, self.inband.is_some()) {
+            (true, false) => self.inband = Some(InbandDetector::default()),
+            (false, true) => self.inband = None,
+            _ => {}
+        }
+    }
+
     pub fn codec(&self) -> Codec {
         self.codec
     }

@@ -179,6 +179,8 @@ pub struct EndpointConfig {
     pub trusted_sources: Vec<IpAddr>,
     pub max_message_bytes: usize,
     pub caller_id: CallerIdFilter,
+    /// Whether offers we make include telephone-event (RFC 4733).
+    pub offer_telephone_event: bool,
     /// Whether SIP messages may be logged in full at debug level (only when the
     /// caller-ID policy keeps numbers anyway).
     pub log_messages: bool,
@@ -206,6 +208,7 @@ impl Default for EndpointConfig {
             trusted_sources: Vec::new(),
             max_message_bytes: 65535,
             caller_id: Arc::new(|s: &str| Some(s.to_string())),
+            offer_telephone_event: true,
             log_messages: false,
         }
     }
@@ -285,6 +288,7 @@ struct ServerEntry {
 enum ClientPurpose {
     Bye(CallId),
     Invite(CallId),
+    Info,
 }
 
 struct ClientEntry {
@@ -928,7 +932,13 @@ impl Endpoint {
         let ip = self.local_ip(c.peer);
         let body = match (&c.offer, c.codec) {
             (Some(offer), Some(codec)) => sdp::answer(offer, codec, c.origin, ip, c.media_port),
-            _ => sdp::offer(&self.cfg.codecs, c.origin, ip, c.media_port),
+            _ => sdp::offer(
+                &self.cfg.codecs,
+                self.cfg.offer_telephone_event,
+                c.origin,
+                ip,
+                c.media_port,
+            ),
         };
         let contact = self.contact_header(c.peer);
         let key = c.invite_key.clone().unwrap_or_default();
@@ -1212,7 +1222,16 @@ impl Endpoint {
         let (body, cmd) = if req.body().is_empty() {
             // Offer-less re-INVITE: offer again what we use; the ACK may change it.
             let codec = c.codec.unwrap_or(Codec::Pcmu);
-            (sdp::offer(&[codec], c.origin, ip, c.media_port), None)
+            (
+                sdp::offer(
+                    &[codec],
+                    self.cfg.offer_telephone_event,
+                    c.origin,
+                    ip,
+                    c.media_port,
+                ),
+                None,
+            )
         } else {
             match sdp::parse(req.body()) {
                 Ok(offer) => {
@@ -1276,7 +1295,7 @@ impl Endpoint {
         let code = resp.code;
         let ack_uri = match purpose {
             ClientPurpose::Invite(call) => self.calls.get(&call).map(|c| c.remote_target.clone()),
-            ClientPurpose::Bye(_) => None,
+            ClientPurpose::Bye(_) | ClientPurpose::Info => None,
         }
         .unwrap_or_else(|| format!("sip:{}", peer.remote));
         let Some(entry) = self.client.get_mut(&branch) else {
@@ -1301,6 +1320,7 @@ impl Endpoint {
                 }
             }
             ClientPurpose::Invite(call) => self.handle_invite_response(now, call, resp),
+            ClientPurpose::Info => {}
         }
     }
 
@@ -1555,12 +1575,36 @@ impl Endpoint {
         if out.event == Some(TxEvent::Timeout) {
             match purpose {
                 ClientPurpose::Bye(call) => self.finish_call(call),
+                ClientPurpose::Info => {}
                 ClientPurpose::Invite(call) => self.end_call(call, EndReason::Timeout),
             }
         }
         if done {
             self.client.remove(&branch);
         }
+    }
+
+    /// Sends a DTMF digit as SIP INFO (application/dtmf-relay) inside the call's dialog.
+    pub fn send_info_digit(&mut self, now: Instant, call: CallId, digit: char, duration_ms: u32) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.state != CallState::Confirmed {
+            return;
+        }
+        c.local_cseq += 1;
+        let branch = random_branch();
+        let body = format!("Signal={digit}\r\nDuration={duration_ms}\r\n");
+        let info = build_request(
+            c,
+            "INFO",
+            c.local_cseq,
+            &branch,
+            &[],
+            Some(("application/dtmf-relay", body.as_bytes())),
+        );
+        let peer = self.in_dialog_peer(call);
+        self.send_client(now, peer, false, info, branch, ClientPurpose::Info);
     }
 
     /// Ends every call (server shutdown).
@@ -1647,7 +1691,13 @@ impl Endpoint {
         };
         c.state = CallState::Calling;
         let branch = random_branch();
-        let body = sdp::offer(&self.cfg.codecs, c.origin, ip, c.media_port);
+        let body = sdp::offer(
+            &self.cfg.codecs,
+            self.cfg.offer_telephone_event,
+            c.origin,
+            ip,
+            c.media_port,
+        );
         c.invite_branch = Some(branch.clone());
         let peer = c.peer;
         let contact = self.contact_header(peer);

@@ -33,6 +33,40 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX calls_started ON calls(started_at);
     CREATE INDEX calls_sip_call_id ON calls(sip_call_id);",
+    // 2: what the caller pressed and answered, and what was recorded
+    "ALTER TABLE calls ADD COLUMN reference TEXT;
+    CREATE INDEX calls_reference ON calls(reference);
+    CREATE TABLE answers (
+        id INTEGER PRIMARY KEY,
+        call_id INTEGER NOT NULL REFERENCES calls(id),
+        node TEXT NOT NULL,
+        key TEXT NOT NULL,
+        digits TEXT NOT NULL,
+        answered_at TEXT NOT NULL
+    );
+    CREATE INDEX answers_call ON answers(call_id);
+    CREATE TABLE digits (
+        id INTEGER PRIMARY KEY,
+        call_id INTEGER NOT NULL REFERENCES calls(id),
+        digit TEXT NOT NULL,
+        source TEXT NOT NULL,
+        media_ms INTEGER NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    CREATE INDEX digits_call ON digits(call_id);
+    CREATE TABLE recordings (
+        id INTEGER PRIMARY KEY,
+        call_id INTEGER NOT NULL REFERENCES calls(id),
+        kind TEXT NOT NULL CHECK (kind IN ('voicemail', 'conversation')),
+        path TEXT NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        partial INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        heard_at TEXT
+    );
+    CREATE INDEX recordings_call ON recordings(call_id);",
 ];
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -58,7 +92,9 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
         .open(path);
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // FULL: a commit is on disk when it returns, so "your message is saved" is true
+    // even across a power cut. Writes are batched, so this costs one fsync per batch.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     migrate(&conn)?;
     Ok(conn)
@@ -90,6 +126,32 @@ pub fn close_interrupted(conn: &Connection) -> rusqlite::Result<usize> {
 
 pub enum StoreCommand {
     Event(CallEvent),
+    Reference {
+        call: CallId,
+        code: String,
+    },
+    Answer {
+        call: CallId,
+        node: String,
+        key: String,
+        digits: String,
+        at: SystemTime,
+    },
+    Digit {
+        call: CallId,
+        digit: char,
+        source: String,
+        media_ms: u64,
+        at: SystemTime,
+    },
+    /// A finished recording; `reply` learns whether its row is committed.
+    Recording {
+        call: CallId,
+        kind: &'static str,
+        info: crate::media::recorder::RecordingInfo,
+        partial: bool,
+        reply: Option<tokio::sync::mpsc::UnboundedSender<(CallId, bool)>>,
+    },
     /// Reply once everything sent before has been committed.
     Flush(mpsc::Sender<()>),
 }
@@ -117,6 +179,7 @@ pub fn spawn_writer(
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<StoreCommand>, addr_filter: AddrFilter) {
     let mut rows: HashMap<CallId, i64> = HashMap::new();
+    let mut ended: std::collections::VecDeque<CallId> = std::collections::VecDeque::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 2000 {
@@ -126,21 +189,51 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<StoreCommand>, addr_filter: A
             }
         }
         let mut flushes = Vec::new();
+        let mut replies = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             for cmd in batch {
                 match cmd {
                     StoreCommand::Flush(reply) => flushes.push(reply),
-                    StoreCommand::Event(ev) => apply_event(&tx, &mut rows, &addr_filter, ev)?,
+                    StoreCommand::Event(ev) => {
+                        if let CallEvent::Ended { call, .. } = &ev {
+                            ended.push_back(*call);
+                        }
+                        apply_event(&tx, &mut rows, &addr_filter, ev)?
+                    }
+                    StoreCommand::Recording {
+                        call,
+                        kind,
+                        info,
+                        partial,
+                        reply,
+                    } => {
+                        let ok = insert_recording(&tx, &rows, call, kind, &info, partial)?;
+                        if let Some(r) = reply {
+                            replies.push((r, call, ok));
+                        }
+                    }
+                    other => apply_detail(&tx, &rows, other)?,
                 }
             }
             tx.commit()
         })();
+        let committed = result.is_ok();
         if let Err(e) = result {
             tracing::error!("database write failed: {e}");
         }
+        for (r, call, ok) in replies {
+            let _ = r.send((call, ok && committed));
+        }
         for f in flushes {
             let _ = f.send(());
+        }
+        // Rows of ended calls are remembered a while: a recording may finish after
+        // the hang-up.
+        if ended.len() > 20_000 {
+            for call in ended.drain(..10_000) {
+                rows.remove(&call);
+            }
         }
     }
 }
@@ -188,11 +281,88 @@ fn apply_event(
             }
         }
         CallEvent::Ended { call, reason, at } => {
-            if let Some(id) = rows.remove(&call) {
+            if let Some(id) = rows.get(&call) {
                 tx.prepare_cached("UPDATE calls SET ended_at = ?1, end_reason = ?2 WHERE id = ?3")?
                     .execute(params![rfc3339(at), reason.as_str(), id])?;
             }
         }
+    }
+    Ok(())
+}
+
+fn insert_recording(
+    tx: &rusqlite::Transaction,
+    rows: &HashMap<CallId, i64>,
+    call: CallId,
+    kind: &str,
+    info: &crate::media::recorder::RecordingInfo,
+    partial: bool,
+) -> rusqlite::Result<bool> {
+    let Some(id) = rows.get(&call) else {
+        tracing::error!(
+            call,
+            "recording for an unknown call: {}",
+            info.path.display()
+        );
+        return Ok(false);
+    };
+    let path = std::fs::canonicalize(&info.path).unwrap_or_else(|_| info.path.clone());
+    tx.prepare_cached(
+        "INSERT INTO recordings (call_id, kind, path, duration_ms, size_bytes, sha256, partial, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        id,
+        kind,
+        path.to_string_lossy(),
+        info.duration_ms as i64,
+        info.size_bytes as i64,
+        info.sha256_hex,
+        partial,
+        rfc3339(SystemTime::now())
+    ])?;
+    Ok(true)
+}
+
+fn apply_detail(
+    tx: &rusqlite::Transaction,
+    rows: &HashMap<CallId, i64>,
+    cmd: StoreCommand,
+) -> rusqlite::Result<()> {
+    match cmd {
+        StoreCommand::Reference { call, code } => {
+            if let Some(id) = rows.get(&call) {
+                tx.prepare_cached("UPDATE calls SET reference = ?1 WHERE id = ?2")?
+                    .execute(params![code, id])?;
+            }
+        }
+        StoreCommand::Answer {
+            call,
+            node,
+            key,
+            digits,
+            at,
+        } => {
+            if let Some(id) = rows.get(&call) {
+                tx.prepare_cached("INSERT INTO answers (call_id, node, key, digits, answered_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![id, node, key, digits, rfc3339(at)])?;
+            }
+        }
+        StoreCommand::Digit {
+            call,
+            digit,
+            source,
+            media_ms,
+            at,
+        } => {
+            if let Some(id) = rows.get(&call) {
+                tx.prepare_cached(
+                    "INSERT INTO digits (call_id, digit, source, media_ms, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![id, digit.to_string(), source, media_ms as i64, rfc3339(at)])?;
+            }
+        }
+        StoreCommand::Event(_) | StoreCommand::Recording { .. } | StoreCommand::Flush(_) => {}
     }
     Ok(())
 }
@@ -204,10 +374,15 @@ pub struct QueueInfo {
 }
 
 #[derive(Debug, Serialize)]
-pub struct RecordingInfo {
+pub struct RecordingRow {
     pub kind: String,
     pub path: String,
     pub duration_ms: i64,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub partial: bool,
+    pub created_at: String,
+    pub heard_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -224,8 +399,12 @@ pub struct CallRow {
     pub answered_at: Option<String>,
     pub ended_at: Option<String>,
     pub end_reason: Option<String>,
+    pub reference: Option<String>,
     pub answers: serde_json::Map<String, serde_json::Value>,
-    pub recordings: Vec<RecordingInfo>,
+    /// Every key the caller pressed, in order, and how each arrived.
+    pub digits: String,
+    pub digit_sources: Vec<String>,
+    pub recordings: Vec<RecordingRow>,
     pub queue: Option<QueueInfo>,
 }
 
@@ -233,7 +412,7 @@ pub struct CallRow {
 pub fn list_calls(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<CallRow>> {
     let mut stmt = conn.prepare(
         "SELECT id, sip_call_id, direction, from_id, to_uri, remote_addr, transport, codec,
-                started_at, answered_at, ended_at, end_reason
+                started_at, answered_at, ended_at, end_reason, reference
          FROM calls ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map(params![limit as i64], |r| {
@@ -250,12 +429,108 @@ pub fn list_calls(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<CallR
             answered_at: r.get(9)?,
             ended_at: r.get(10)?,
             end_reason: r.get(11)?,
+            reference: r.get(12)?,
             answers: serde_json::Map::new(),
+            digits: String::new(),
+            digit_sources: Vec::new(),
             recordings: Vec::new(),
             queue: None,
         })
     })?;
+    let mut calls: Vec<CallRow> = rows.collect::<rusqlite::Result<_>>()?;
+    let mut answers =
+        conn.prepare("SELECT key, digits FROM answers WHERE call_id = ?1 ORDER BY id")?;
+    let mut digits =
+        conn.prepare("SELECT digit, source FROM digits WHERE call_id = ?1 ORDER BY id")?;
+    for c in &mut calls {
+        for a in answers.query_map(params![c.id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let (k, v) = a?;
+            c.answers.insert(k, serde_json::Value::String(v));
+        }
+        for d in digits.query_map(params![c.id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let (digit, source) = d?;
+            c.digits.push_str(&digit);
+            c.digit_sources.push(source);
+        }
+        c.recordings = recordings_of(conn, c.id)?;
+    }
+    Ok(calls)
+}
+
+fn recordings_of(conn: &Connection, call_id: i64) -> rusqlite::Result<Vec<RecordingRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, path, duration_ms, size_bytes, sha256, partial, created_at, heard_at
+         FROM recordings WHERE call_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![call_id], |r| {
+        Ok(RecordingRow {
+            kind: r.get(0)?,
+            path: r.get(1)?,
+            duration_ms: r.get(2)?,
+            size_bytes: r.get(3)?,
+            sha256: r.get(4)?,
+            partial: r.get(5)?,
+            created_at: r.get(6)?,
+            heard_at: r.get(7)?,
+        })
+    })?;
     rows.collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct VoicemailRow {
+    pub call_id: i64,
+    pub reference: Option<String>,
+    pub from: Option<String>,
+    pub started_at: String,
+    pub answers: serde_json::Map<String, serde_json::Value>,
+    #[serde(flatten)]
+    pub recording: RecordingRow,
+}
+
+/// Voicemails, newest first, with the answers of their call.
+pub fn list_voicemails(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<VoicemailRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT r.call_id, c.reference, c.from_id, c.started_at, r.kind, r.path, r.duration_ms, r.size_bytes,
+                r.sha256, r.partial, r.created_at, r.heard_at
+         FROM recordings r JOIN calls c ON c.id = r.call_id
+         WHERE r.kind = 'voicemail' ORDER BY r.id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![limit as i64], |r| {
+        Ok(VoicemailRow {
+            call_id: r.get(0)?,
+            reference: r.get(1)?,
+            from: r.get(2)?,
+            started_at: r.get(3)?,
+            answers: serde_json::Map::new(),
+            recording: RecordingRow {
+                kind: r.get(4)?,
+                path: r.get(5)?,
+                duration_ms: r.get(6)?,
+                size_bytes: r.get(7)?,
+                sha256: r.get(8)?,
+                partial: r.get(9)?,
+                created_at: r.get(10)?,
+                heard_at: r.get(11)?,
+            },
+        })
+    })?;
+    let mut out: Vec<VoicemailRow> = rows.collect::<rusqlite::Result<_>>()?;
+    let mut answers =
+        conn.prepare("SELECT key, digits FROM answers WHERE call_id = ?1 ORDER BY id")?;
+    for v in &mut out {
+        for a in answers.query_map(params![v.call_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let (k, d) = a?;
+            v.answers.insert(k, serde_json::Value::String(d));
+        }
+    }
+    Ok(out)
 }
 
 /// Opens an existing database read-only for the CLI (no migration, no creation).
