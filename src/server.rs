@@ -109,7 +109,12 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         MediaConfig {
             ports: cfg.rtp.ports,
             rtp_timeout: Duration::from_secs(cfg.rtp.timeout_s),
-            inband: InbandPolicy::Auto,
+            inband: match cfg.rtp.inband_dtmf {
+                crate::config::InbandDtmf::Auto => InbandPolicy::Auto,
+                crate::config::InbandDtmf::Always => InbandPolicy::Always,
+                crate::config::InbandDtmf::Never => InbandPolicy::Never,
+            },
+            latch: cfg.rtp.latch,
         },
         media_ev_tx,
     );

@@ -153,6 +153,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
             ports: opts.rtp_ports,
             rtp_timeout: Duration::ZERO,
             inband: InbandPolicy::Never,
+            latch: true,
         },
         media_tx,
     );

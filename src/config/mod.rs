@@ -133,6 +133,24 @@ pub struct RtpConfig {
     pub ports: PortRange,
     #[serde(default = "default_rtp_timeout")]
     pub timeout_s: u64,
+    #[serde(default = "default_true")]
+    pub latch: bool,
+    #[serde(default)]
+    pub inband_dtmf: InbandDtmf,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InbandDtmf {
+    /// Listen for tones only when the caller did not negotiate telephone-event.
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 fn default_rtp_timeout() -> u64 {

@@ -105,6 +105,9 @@ pub struct MediaConfig {
     /// No RTP from the peer for this long ends the call; zero disables.
     pub rtp_timeout: Duration,
     pub inband: InbandPolicy,
+    /// Send to where the caller's RTP comes from (see `Latch`) instead of only to the
+    /// signalled address.
+    pub latch: bool,
 }
 
 /// Even ports of the range, handed out in shuffled order and returned to the back of
@@ -140,8 +143,25 @@ impl PortPool {
 /// State shared by a call's receive task and the clock.
 struct Shared {
     session: MediaSession,
+    /// Where we send: the signalled address, or the latched source.
     remote: Option<SocketAddr>,
+    /// The call's SIP source: media from this IP is the caller's too.
+    signal_ip: Option<IpAddr>,
+    latch: Latch,
 }
+
+/// Symmetric RTP for callers behind NAT, done safely: only a source with the IP of
+/// the signalled address or of the call's SIP messages is accepted, the first such
+/// source is latched once, within the first seconds of media, and never changed by
+/// later packets. A stranger's packets are dropped, and nobody can redirect a
+/// caller's audio to themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Latch {
+    Open { until_ms: u64 },
+    Done,
+}
+
+const LATCH_WINDOW_MS: u64 = 10_000;
 
 struct Leg {
     port: u16,
@@ -299,6 +319,8 @@ fn handle_command(
             let shared = Arc::new(Mutex::new(Shared {
                 session: MediaSession::new(Codec::Pcmu, None, false),
                 remote: None,
+                signal_ip: None,
+                latch: Latch::Done,
             }));
             let recv = tokio::spawn(receive(
                 call,
@@ -331,13 +353,25 @@ fn handle_command(
         EngineCommand::Sip(MediaCommand::Start {
             call,
             remote,
+            signal_ip,
             codec,
             telephone_event_pt,
             send,
         }) => {
             if let Some(leg) = legs.get_mut(&call) {
                 let mut sh = lock(&leg.shared);
+                if sh.remote != remote {
+                    // New signalled address (first answer or re-INVITE): may latch again.
+                    sh.latch = if cfg.latch {
+                        Latch::Open {
+                            until_ms: epoch.elapsed().as_millis() as u64 + LATCH_WINDOW_MS,
+                        }
+                    } else {
+                        Latch::Done
+                    };
+                }
                 sh.remote = remote;
+                sh.signal_ip = Some(signal_ip);
                 sh.session.update(codec, telephone_event_pt);
                 sh.session.set_inband(match cfg.inband {
                     InbandPolicy::Always => true,
@@ -423,7 +457,18 @@ async fn receive(
         }
         let now_ms = epoch.elapsed().as_millis() as u64;
         let mut sh = lock(&shared);
-        if sh.remote.map(|r| r.ip()) != Some(from.ip()) {
+        let from_caller =
+            sh.remote.map(|r| r.ip()) == Some(from.ip()) || sh.signal_ip == Some(from.ip());
+        if !from_caller {
+            continue;
+        }
+        if let Latch::Open { until_ms } = sh.latch {
+            if now_ms <= until_ms && sh.remote != Some(from) {
+                tracing::debug!(call, %from, signalled = ?sh.remote, "RTP latched to its source");
+                sh.remote = Some(from);
+            }
+            sh.latch = Latch::Done;
+        } else if sh.remote != Some(from) {
             continue;
         }
         last_rx_ms.store(now_ms, Ordering::Relaxed);

@@ -136,6 +136,9 @@ pub enum MediaCommand {
     Start {
         call: CallId,
         remote: Option<SocketAddr>,
+        /// Where the call's SIP came from: media from this address is the caller's
+        /// too (a NATed phone signals a private address but sends from its public one).
+        signal_ip: IpAddr,
         codec: Codec,
         telephone_event_pt: Option<u8>,
         send: bool,
@@ -948,6 +951,7 @@ impl Endpoint {
             (Some(offer), Some(codec)) => Some(MediaCommand::Start {
                 call,
                 remote: offer.rtp_addr,
+                signal_ip: c.invite_source.ip(),
                 codec,
                 telephone_event_pt: offer.telephone_event_pt,
                 send: !offer.direction.peer_holds(),
@@ -1066,6 +1070,7 @@ impl Endpoint {
                     let cmd = MediaCommand::Start {
                         call,
                         remote: a.rtp_addr,
+                        signal_ip: c.invite_source.ip(),
                         codec,
                         telephone_event_pt: a.telephone_event_pt,
                         send: !a.direction.peer_holds(),
@@ -1247,6 +1252,7 @@ impl Endpoint {
                     let cmd = MediaCommand::Start {
                         call,
                         remote: offer.rtp_addr,
+                        signal_ip: c.invite_source.ip(),
                         codec,
                         telephone_event_pt: offer.telephone_event_pt,
                         send: !offer.direction.peer_holds(),
@@ -1337,6 +1343,7 @@ impl Endpoint {
                     self.transmit(peer, ack);
                     return;
                 }
+                let signal_ip = c.invite_source.ip();
                 let remote_tag = resp.common.to.tag().unwrap_or_default().to_string();
                 c.remote_tag = remote_tag.clone();
                 c.remote_header = resp.raw.header("to").unwrap_or_default().to_string();
@@ -1361,6 +1368,7 @@ impl Endpoint {
                         self.out.push_back(Output::Media(MediaCommand::Start {
                             call,
                             remote: m.rtp_addr,
+                            signal_ip,
                             codec,
                             telephone_event_pt: m.telephone_event_pt,
                             send: true,
