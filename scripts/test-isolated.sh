@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CI="${CI:-}"
-exec unshare --net -- sh -c 'ip link set lo up && RUST_BACKTRACE=1 cargo nextest run --offline --locked --no-fail-fast "$@"' sh "$@"
+# 127.0.0.2 on lo: baresip will not use an interface whose only address is
+# 127.0.0.1, and inside the namespace lo is the only interface.
+exec unshare --net -- sh -c 'ip link set lo up && ip addr add 127.0.0.2/8 dev lo && RUST_BACKTRACE=1 cargo nextest run --offline --locked --no-fail-fast "$@"' sh "$@"
