@@ -289,7 +289,14 @@ impl App {
                 break;
             };
             match action {
-                Action::NodeEntered { node } => tracing::debug!(call, %node, "ivr node"),
+                Action::NodeEntered { node } => {
+                    tracing::debug!(call, %node, "ivr node");
+                    self.out.push_back(AppOutput::Store(StoreCommand::Node {
+                        call,
+                        node,
+                        at: SystemTime::now(),
+                    }));
+                }
                 Action::Log { node, message } => tracing::info!(call, %node, "{message}"),
                 Action::Play { id, prompts, .. } => {
                     let token = self.next_token;

@@ -451,8 +451,9 @@ async fn receive(
 ) {
     let mut buf = [0u8; 1500];
     while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-        // Only RTP version 2 from the signalled address counts.
-        if n < 12 || buf[0] >> 6 != 2 {
+        // Only RTP version 2 counts; RTCP multiplexed on this port (packet types
+        // 200-204) is not media and must not keep a silent call alive.
+        if n < 12 || buf[0] >> 6 != 2 || (200..=204).contains(&buf[1]) {
             continue;
         }
         let now_ms = epoch.elapsed().as_millis() as u64;

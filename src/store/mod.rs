@@ -67,6 +67,14 @@ const MIGRATIONS: &[&str] = &[
         heard_at TEXT
     );
     CREATE INDEX recordings_call ON recordings(call_id);",
+    // 3: the IVR nodes a call went through
+    "CREATE TABLE ivr_path (
+        id INTEGER PRIMARY KEY,
+        call_id INTEGER NOT NULL REFERENCES calls(id),
+        node TEXT NOT NULL,
+        entered_at TEXT NOT NULL
+    );
+    CREATE INDEX ivr_path_call ON ivr_path(call_id);",
 ];
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -135,6 +143,11 @@ pub enum StoreCommand {
         node: String,
         key: String,
         digits: String,
+        at: SystemTime,
+    },
+    Node {
+        call: CallId,
+        node: String,
         at: SystemTime,
     },
     Digit {
@@ -336,6 +349,14 @@ fn apply_detail(
                     .execute(params![code, id])?;
             }
         }
+        StoreCommand::Node { call, node, at } => {
+            if let Some(id) = rows.get(&call) {
+                tx.prepare_cached(
+                    "INSERT INTO ivr_path (call_id, node, entered_at) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id, node, rfc3339(at)])?;
+            }
+        }
         StoreCommand::Answer {
             call,
             node,
@@ -404,6 +425,8 @@ pub struct CallRow {
     /// Every key the caller pressed, in order, and how each arrived.
     pub digits: String,
     pub digit_sources: Vec<String>,
+    /// IVR nodes in the order the call entered them.
+    pub path: Vec<String>,
     pub recordings: Vec<RecordingRow>,
     pub queue: Option<QueueInfo>,
 }
@@ -433,6 +456,7 @@ pub fn list_calls(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<CallR
             answers: serde_json::Map::new(),
             digits: String::new(),
             digit_sources: Vec::new(),
+            path: Vec::new(),
             recordings: Vec::new(),
             queue: None,
         })
@@ -440,6 +464,7 @@ pub fn list_calls(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<CallR
     let mut calls: Vec<CallRow> = rows.collect::<rusqlite::Result<_>>()?;
     let mut answers =
         conn.prepare("SELECT key, digits FROM answers WHERE call_id = ?1 ORDER BY id")?;
+    let mut path_stmt = conn.prepare("SELECT node FROM ivr_path WHERE call_id = ?1 ORDER BY id")?;
     let mut digits =
         conn.prepare("SELECT digit, source FROM digits WHERE call_id = ?1 ORDER BY id")?;
     for c in &mut calls {
@@ -455,6 +480,9 @@ pub fn list_calls(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<CallR
             let (digit, source) = d?;
             c.digits.push_str(&digit);
             c.digit_sources.push(source);
+        }
+        for n in path_stmt.query_map(params![c.id], |r| r.get::<_, String>(0))? {
+            c.path.push(n?);
         }
         c.recordings = recordings_of(conn, c.id)?;
     }

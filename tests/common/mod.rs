@@ -287,3 +287,20 @@ pub fn free_udp_port() -> u16 {
 pub fn shared_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
 }
+
+/// baresip ignores an interface whose only address is 127.0.0.1. Inside the test
+/// network namespace `scripts/test-isolated.sh` adds 127.0.0.2 to lo; point baresip
+/// at lo then, and let it choose elsewhere.
+pub fn baresip_interface_args() -> Vec<&'static str> {
+    let out = Command::new("ip")
+        .args(["-4", "addr", "show", "lo"])
+        .output();
+    let has_second = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("127.0.0.2"))
+        .unwrap_or(false);
+    if has_second {
+        vec!["-n", "lo"]
+    } else {
+        vec![]
+    }
+}

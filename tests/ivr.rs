@@ -1,0 +1,432 @@
+//! The default call flow end to end against the real binary: an independent
+//! softphone (baresip) walks it and leaves a message; `hotline call` takes the wrong
+//! key, no key, key 0 mid-menu and hangs up at every stage; `hotline check` refuses
+//! broken flows and prompts.
+
+mod common;
+
+use common::{require_tool, Server};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped flow with short prompts and timeouts, so silent callers reach the
+/// fallbacks in seconds rather than minutes. Same nodes, same logic.
+fn quick_flow(dir: &Path) -> String {
+    let flow = std::fs::read_to_string(root().join("config/ivr.toml")).expect("ivr.toml");
+    let flow = flow
+        .replace(
+            r#"prompts = ["greeting", "language_note", "keys_hint"]"#,
+            r#"prompts = ["language_note"]"#,
+        )
+        .replace(
+            r#"prompts = ["situation_menu"]"#,
+            r#"prompts = ["zone_menu"]"#,
+        )
+        .replace("first_digit_timeout = 8", "first_digit_timeout = 2")
+        .replace("first_digit_timeout = 10", "first_digit_timeout = 2");
+    let path = dir.join("ivr-quick.toml");
+    std::fs::write(&path, flow).expect("write flow");
+    format!("ivr.flow=\"{}\"", path.display())
+}
+
+fn server_with_quick_flow(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = quick_flow(dir.path());
+    let mut args = vec![flow.as_str()];
+    args.extend_from_slice(extra);
+    Server::start_in(dir, &args)
+}
+
+fn call(server: &Server, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(common::bin())
+        .arg("call")
+        .arg(format!("sip:hotline@{}", server.udp))
+        .args(args)
+        .output()
+        .expect("hotline call");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("summary: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn last_call(server: &Server, until: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let calls = server.wait_calls(Duration::from_secs(10), |c| c.first().is_some_and(&until));
+    calls.into_iter().next().expect("a call row")
+}
+
+fn path_of(call: &serde_json::Value) -> Vec<String> {
+    call["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn invalid_key_then_valid_key() {
+    let server = server_with_quick_flow(&[]);
+    call(
+        &server,
+        &["--hangup-after", "9", "--dtmf", "9@1.0,1@3.0,2@5.0,#@6.5"],
+    );
+    let c = last_call(&server, |c| c["end_reason"].is_string());
+    assert_eq!(c["answers"]["status"], "1", "{c}");
+    assert_eq!(c["answers"]["zone"], "2");
+    assert_eq!(c["answers"]["unit"], "", "unit skipped with #");
+    assert_eq!(c["digits"], "912#");
+    let path = path_of(&c);
+    assert_eq!(
+        &path[..4],
+        ["greeting", "situation", "zone", "unit"],
+        "{path:?}"
+    );
+    server.assert_no_panic();
+}
+
+#[test]
+fn caller_who_presses_nothing_is_offered_voicemail() {
+    let server = server_with_quick_flow(&[]);
+    // 3 s note, then three rounds of the 7 s menu + 2 s wait + 5 s "no input",
+    // 5 s "connecting": the voicemail offer comes after about 50 s.
+    call(&server, &["--hangup-after", "60"]);
+    let c = last_call(&server, |c| c["end_reason"].is_string());
+    let path = path_of(&c);
+    assert_eq!(path.first().map(String::as_str), Some("greeting"));
+    assert!(
+        path.contains(&"voicemail".to_string()),
+        "silence leads to the voicemail offer: {path:?}"
+    );
+    assert_eq!(c["digits"], "");
+    server.assert_no_panic();
+}
+
+#[test]
+fn zero_from_the_middle_of_a_menu_reaches_the_queue() {
+    let server = server_with_quick_flow(&[]);
+    call(&server, &["--hangup-after", "8", "--dtmf", "1@1.0,0@3.0"]);
+    let c = last_call(&server, |c| c["end_reason"].is_string());
+    let path = path_of(&c);
+    assert_eq!(
+        &path[..4],
+        ["greeting", "situation", "zone", "operator_queue"],
+        "{path:?}"
+    );
+    assert_eq!(c["answers"]["status"], "1");
+    assert!(
+        c["answers"].get("zone").is_none(),
+        "0 is not an answer to the zone question"
+    );
+    server.assert_no_panic();
+}
+
+#[test]
+fn hang_up_during_a_prompt_and_during_a_menu() {
+    let server = server_with_quick_flow(&[]);
+    call(&server, &["--hangup-after", "1"]);
+    let c = last_call(&server, |c| c["end_reason"].is_string());
+    assert_eq!(path_of(&c), ["greeting"]);
+    assert_eq!(c["end_reason"], "caller-bye");
+
+    call(&server, &["--hangup-after", "4", "--dtmf", "1@1.0"]);
+    let calls = server.wait_calls(Duration::from_secs(10), |c| {
+        c.len() == 2 && c[0]["end_reason"].is_string()
+    });
+    let c = &calls[0];
+    assert_eq!(path_of(c), ["greeting", "situation", "zone"]);
+    assert_eq!(c["answers"]["status"], "1");
+    assert_eq!(c["end_reason"], "caller-bye");
+    server.assert_no_panic();
+}
+
+fn speech() -> PathBuf {
+    root().join("tests/data/speech_ru_festival.wav")
+}
+
+#[test]
+fn hang_up_during_recording_keeps_a_partial_message() {
+    let server = server_with_quick_flow(&[]);
+    // 0 -> queue ("connecting", 5 s; not in service) -> voicemail intro (16 s) -> beep -> record.
+    call(
+        &server,
+        &[
+            "--hangup-after",
+            "26",
+            "--dtmf",
+            "0@0.5",
+            "--play",
+            &speech().display().to_string(),
+        ],
+    );
+    let c = last_call(&server, |c| {
+        c["end_reason"].is_string() && !c["recordings"].as_array().unwrap().is_empty()
+    });
+    let rec = &c["recordings"][0];
+    assert_eq!(rec["kind"], "voicemail");
+    assert_eq!(rec["partial"], true, "{rec}");
+    assert!(rec["duration_ms"].as_i64().unwrap() > 1000, "{rec}");
+    assert!(Path::new(rec["path"].as_str().unwrap()).exists());
+    server.assert_no_panic();
+}
+
+fn wav_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(wav_files(&p));
+        } else if p.extension().is_some_and(|x| x == "wav") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn read_wav(path: &Path) -> Vec<i16> {
+    hound::WavReader::open(path)
+        .expect("wav")
+        .into_samples::<i16>()
+        .map(|s| s.expect("sample"))
+        .collect()
+}
+
+/// Pearson correlation of `a` with `b[lag..]`, best over `lags`.
+fn best_match(a: &[i16], b: &[i16], lags: std::ops::Range<usize>) -> (f64, usize) {
+    let n = a.len();
+    let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+    let va: f64 = a.iter().map(|&x| (x as f64 - ma).powi(2)).sum();
+    let mut best = (f64::MIN, 0);
+    for lag in lags {
+        let Some(seg) = b.get(lag..lag + n) else {
+            break;
+        };
+        let mb = seg.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        let (mut cov, mut vb) = (0.0, 0.0);
+        for (x, y) in a.iter().zip(seg) {
+            cov += (*x as f64 - ma) * (*y as f64 - mb);
+            vb += (*y as f64 - mb).powi(2);
+        }
+        let c = cov / (va * vb).sqrt().max(1e-9);
+        if c > best.0 {
+            best = (c, lag);
+        }
+    }
+    best
+}
+
+/// baresip, an independent SIP phone, walks the default flow: answers the questions
+/// with its keypad, leaves a 5 s message ended with #, hears it confirmed, and the
+/// hotline hangs up after the goodbye.
+#[test]
+fn baresip_walks_the_default_flow_and_leaves_a_5_second_message() {
+    if !require_tool("baresip") {
+        return;
+    }
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // The phone's voice: the speech sample twice over (baresip stops sending audio,
+    // and with it DTMF, at the end of its source file).
+    let speech_samples = read_wav(&speech());
+    let mut w = hound::WavWriter::create(
+        d.join("src.wav"),
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
+    )
+    .expect("src.wav");
+    for s in speech_samples.iter().chain(speech_samples.iter()) {
+        w.write_sample(*s).expect("write");
+    }
+    w.finalize().expect("finalize");
+    let ctrl = common::free_udp_port();
+    std::fs::write(
+        d.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:0\naudio_player aufile,{p}/play.wav\naudio_source aufile,{p}/src.wav\naudio_alert aufile,{p}/alert.wav\nmodule_path /usr/lib/baresip/modules\nmodule stdio.so\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n",
+            p = d.display()
+        ),
+    )
+    .expect("config");
+    std::fs::write(d.join("accounts"), "<sip:tester@127.0.0.1>;regint=0\n").expect("accounts");
+    let mut phone = Command::new("baresip")
+        .args(["-f", &d.display().to_string()])
+        .args(common::baresip_interface_args())
+        .args([
+            "-e",
+            &format!("/dial sip:hotline@{}", server.udp),
+            "-t",
+            "120",
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(d.join("baresip.log")).expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("baresip");
+    let key = |k: &str| {
+        use std::io::{Read, Write};
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", ctrl)) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => panic!("baresip control: {e}"),
+            }
+        };
+        let json = format!(r#"{{"command":"sndcode","params":"{k}","token":"t"}}"#);
+        s.write_all(format!("{}:{json},", json.len()).as_bytes())
+            .expect("send");
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let _ = s.read(&mut [0u8; 256]);
+    };
+    // Keys typed during the greeting answer the questions in turn (type-ahead).
+    std::thread::sleep(Duration::from_secs(4));
+    for k in ["1", "2", "#"] {
+        key(k);
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let rec_dir = server.data_dir().join("recordings");
+    let until = Instant::now() + Duration::from_secs(60);
+    while wav_files(&rec_dir).is_empty() {
+        assert!(Instant::now() < until, "recording started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(5000));
+    key("#");
+    // "Saved", the reference code twice, goodbye: then the hotline hangs up.
+    let calls = server.wait_calls(Duration::from_secs(90), |c| {
+        c.first().is_some_and(|c| c["end_reason"].is_string())
+    });
+    let _ = phone.kill();
+    let _ = phone.wait();
+    let c = calls.into_iter().next().expect("call row");
+    assert_eq!(c["answers"]["status"], "1", "{c}");
+    assert_eq!(c["answers"]["zone"], "2");
+    assert_eq!(c["answers"]["unit"], "");
+    let path = path_of(&c);
+    for node in [
+        "greeting",
+        "situation",
+        "zone",
+        "unit",
+        "operator_queue",
+        "voicemail",
+        "reference",
+        "goodbye",
+    ] {
+        assert!(path.contains(&node.to_string()), "{node} in {path:?}");
+    }
+    assert_eq!(
+        c["end_reason"], "our-bye",
+        "the hotline said goodbye and hung up"
+    );
+    assert!(c["reference"].as_str().is_some_and(|r| r.len() == 6));
+    let rec = &c["recordings"][0];
+    let ms = rec["duration_ms"].as_i64().unwrap();
+    assert!(
+        (4500..=5500).contains(&ms),
+        "5 s ± 0.5 s message, got {ms} ms"
+    );
+    assert_eq!(rec["partial"], false);
+    let recorded = read_wav(Path::new(rec["path"].as_str().unwrap()));
+    let sent: Vec<i16> = speech_samples
+        .iter()
+        .chain(speech_samples.iter())
+        .copied()
+        .collect();
+    let piece = &recorded[8000..24_000];
+    let (corr, lag) = best_match(piece, &sent, 8000 * 15..8000 * 45);
+    println!(
+        "message {ms} ms; matches the phone's audio with correlation {corr:.3} at {:.2} s",
+        lag as f64 / 8000.0
+    );
+    assert!(
+        corr > 0.9,
+        "the message is the phone's audio (corr {corr:.3})"
+    );
+    server.assert_no_panic();
+}
+
+fn check(args: &[&str]) -> (i32, String) {
+    let out = Command::new(common::bin())
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("hotline check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn check_accepts_the_shipped_flow_and_refuses_broken_ones() {
+    let (code, err) = check(&[]);
+    assert_eq!(code, 0, "{err}");
+    let flow = std::fs::read_to_string(root().join("config/ivr.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broken: &[(&str, String, &str)] = &[
+        ("unknown target", flow.replace(r#""1" = "zone", "2" = "zone""#, r#""1" = "nowhere", "2" = "zone""#), "situation"),
+        ("unreachable node", format!("{flow}\n[nodes.orphan]\ntype = \"hangup\"\nprompts = [\"goodbye\"]\n"), "orphan"),
+        ("missing prompt", flow.replace(r#"prompts = ["zone_menu"]"#, r#"prompts = ["no_such_prompt"]"#), "zone"),
+        (
+            "menu without a way out",
+            flow.replace("fallback = \"operator_queue\"\n", "").replace(r#"options = { "1" = "unit", "2" = "unit" }"#, "options = {}"),
+            "zone",
+        ),
+        (
+            "loop with no input",
+            format!("{flow}\n[nodes.spin]\ntype = \"play\"\nprompts = [\"goodbye\"]\nnext = \"spin2\"\n[nodes.spin2]\ntype = \"goto\"\nnext = \"spin\"\n")
+                .replace(r#"options = { "1" = "unit", "2" = "unit" }"#, r#"options = { "1" = "unit", "2" = "unit", "3" = "spin" }"#),
+            "spin",
+        ),
+        ("duplicate digit", flow.replace(r#"options = { "1" = "unit", "2" = "unit" }"#, r#"options = { "1" = "unit", "0" = "unit" }"#), "zone"),
+        ("bad option key", flow.replace(r#"options = { "1" = "unit", "2" = "unit" }"#, r#"options = { "12" = "unit", "2" = "unit" }"#), "zone"),
+    ];
+    for (what, text, node) in broken {
+        let path = dir.path().join("flow.toml");
+        std::fs::write(&path, text).unwrap();
+        let (code, err) = check(&["--set", &format!("ivr.flow=\"{}\"", path.display())]);
+        assert_eq!(code, 2, "{what}: {err}");
+        assert!(
+            err.contains(&format!("node \"{node}\"")),
+            "{what}: should name node {node}: {err}"
+        );
+        assert!(err.contains("flow.toml"), "{what}: names the file: {err}");
+    }
+    // A broken prompt recording: empty file.
+    let prompts = dir.path().join("prompts");
+    std::fs::create_dir_all(&prompts).unwrap();
+    for e in std::fs::read_dir(root().join("prompts/ru"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(e.path(), prompts.join(e.file_name())).unwrap();
+    }
+    std::fs::write(prompts.join("zone_menu.wav"), b"").unwrap();
+    let (code, err) = check(&["--set", &format!("prompts.dir=\"{}\"", prompts.display())]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("zone_menu.wav"),
+        "names the broken prompt: {err}"
+    );
+    // And serve refuses to start on it.
+    let out = Command::new(common::bin())
+        .args([
+            "serve",
+            "--set",
+            &format!("prompts.dir=\"{}\"", prompts.display()),
+            "--set",
+            r#"sip.listen=["udp:127.0.0.1:0"]"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
