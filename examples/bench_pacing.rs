@@ -43,7 +43,9 @@ fn header(resp: &str, name: &str) -> String {
     resp.lines()
         .find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
         .unwrap_or_default()
 }
@@ -72,15 +74,28 @@ fn dial(server: SocketAddr, i: usize) -> Leg {
                 "ACK sip:hotline@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKpaceack{i};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
             );
             sip.send_to(ack.as_bytes(), server).expect("ack");
-            return Leg { sip, rtp, call_id, to, from };
+            return Leg {
+                sip,
+                rtp,
+                call_id,
+                to,
+                from,
+            };
         }
-        assert!(text.starts_with("SIP/2.0 1"), "call {i} refused: {}", text.lines().next().unwrap_or_default());
+        assert!(
+            text.starts_with("SIP/2.0 1"),
+            "call {i} refused: {}",
+            text.lines().next().unwrap_or_default()
+        );
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let server: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect("usage: bench_pacing SERVER_ADDR CALLS SECONDS");
+    let server: SocketAddr = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .expect("usage: bench_pacing SERVER_ADDR CALLS SECONDS");
     let calls: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
     let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(60);
     let legs: Vec<Leg> = (0..calls).map(|i| dial(server, i)).collect();

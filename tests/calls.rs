@@ -418,3 +418,85 @@ fn caller_number_is_not_stored_when_policy_is_drop() {
         "number in the log"
     );
 }
+
+/// The port the server's SDP answer names for RTP.
+fn answer_media_port(resp: &common::Resp) -> u16 {
+    resp.text
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("m=audio in the answer")
+}
+
+#[test]
+fn caller_that_sends_no_rtp_is_ended_by_rtp_timeout() {
+    let server = Server::start(&["rtp.timeout_s=2"]);
+    let client = RawClient::new(server.udp);
+    client.send(&client.invite("rtpto-1", "z9hG4bKrtpto1", 40050));
+    let ok = recv_response(&client.sock, Some("rtpto-1"), Duration::from_secs(3)).expect("200");
+    client.send(&client.in_dialog("ACK", &ok, 1, "z9hG4bKrtptoack"));
+    let started = Instant::now();
+    let mut buf = [0u8; 65536];
+    client
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let bye = loop {
+        let (n, _) = client
+            .sock
+            .recv_from(&mut buf)
+            .expect("BYE after the RTP timeout");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with("BYE ") {
+            break text;
+        }
+    };
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        "after ~2 s: {waited:?}"
+    );
+    client.send(&bye_response(&bye));
+    let calls = server.wait_calls(Duration::from_secs(10), |c| {
+        c.first().is_some_and(|c| c["end_reason"].is_string())
+    });
+    assert_eq!(calls[0]["end_reason"], "rtp-timeout");
+    server.assert_no_panic();
+}
+
+#[test]
+fn rtp_from_a_stranger_is_ignored_and_gets_no_audio() {
+    let server = Server::start(&[]);
+    let client = RawClient::new(server.udp);
+    let media = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let media_port = media.local_addr().unwrap().port();
+    client.send(&client.invite("bleed-1", "z9hG4bKbleed1", media_port));
+    let ok = recv_response(&client.sock, Some("bleed-1"), Duration::from_secs(3)).expect("200");
+    client.send(&client.in_dialog("ACK", &ok, 1, "z9hG4bKbleedack"));
+    let server_media = std::net::SocketAddr::new(server.udp.ip(), answer_media_port(&ok));
+    // Another host (127.0.0.2) sprays RTP at the call's port before the caller does.
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let mut pkt = vec![0x80u8, 0, 0, 1, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef];
+    pkt.extend_from_slice(&[0xffu8; 160]);
+    for _ in 0..50 {
+        stranger.send_to(&pkt, server_media).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stranger
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    assert!(
+        stranger.recv_from(&mut buf).is_err(),
+        "no audio goes to the stranger"
+    );
+    // The caller still gets its audio at the signalled address.
+    media
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let (n, from) = media.recv_from(&mut buf).expect("caller gets RTP");
+    assert!(n >= 172 && from == server_media);
+    client.send(&client.in_dialog("BYE", &ok, 2, "z9hG4bKbleedbye"));
+    server.assert_no_panic();
+}
