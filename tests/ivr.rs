@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{require_tool, Server};
+use common::{best_match, read_wav, require_tool, wav_files, Server};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -173,51 +173,6 @@ fn hang_up_during_recording_keeps_a_partial_message() {
     server.assert_no_panic();
 }
 
-fn wav_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(wav_files(&p));
-        } else if p.extension().is_some_and(|x| x == "wav") {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn read_wav(path: &Path) -> Vec<i16> {
-    hound::WavReader::open(path)
-        .expect("wav")
-        .into_samples::<i16>()
-        .map(|s| s.expect("sample"))
-        .collect()
-}
-
-/// Pearson correlation of `a` with `b[lag..]`, best over `lags`.
-fn best_match(a: &[i16], b: &[i16], lags: std::ops::Range<usize>) -> (f64, usize) {
-    let n = a.len();
-    let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-    let va: f64 = a.iter().map(|&x| (x as f64 - ma).powi(2)).sum();
-    let mut best = (f64::MIN, 0);
-    for lag in lags {
-        let Some(seg) = b.get(lag..lag + n) else {
-            break;
-        };
-        let mb = seg.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-        let (mut cov, mut vb) = (0.0, 0.0);
-        for (x, y) in a.iter().zip(seg) {
-            cov += (*x as f64 - ma) * (*y as f64 - mb);
-            vb += (*y as f64 - mb).powi(2);
-        }
-        let c = cov / (va * vb).sqrt().max(1e-9);
-        if c > best.0 {
-            best = (c, lag);
-        }
-    }
-    best
-}
-
 /// baresip, an independent SIP phone, walks the default flow: answers the questions
 /// with its keypad, leaves a 5 s message ended with #, hears it confirmed, and the
 /// hotline hangs up after the goodbye.
@@ -247,15 +202,7 @@ fn baresip_walks_the_default_flow_and_leaves_a_5_second_message() {
     }
     w.finalize().expect("finalize");
     let ctrl = common::free_udp_port();
-    std::fs::write(
-        d.join("config"),
-        format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:0\naudio_player aufile,{p}/play.wav\naudio_source aufile,{p}/src.wav\naudio_alert aufile,{p}/alert.wav\nmodule_path /usr/lib/baresip/modules\nmodule stdio.so\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n",
-            p = d.display()
-        ),
-    )
-    .expect("config");
-    std::fs::write(d.join("accounts"), "<sip:tester@127.0.0.1>;regint=0\n").expect("accounts");
+    common::baresip_config(d, ctrl, false);
     let mut phone = Command::new("baresip")
         .args(["-f", &d.display().to_string()])
         .args(common::baresip_interface_args())
@@ -270,22 +217,7 @@ fn baresip_walks_the_default_flow_and_leaves_a_5_second_message() {
         .stderr(Stdio::null())
         .spawn()
         .expect("baresip");
-    let key = |k: &str| {
-        use std::io::{Read, Write};
-        let until = Instant::now() + Duration::from_secs(10);
-        let mut s = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", ctrl)) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(100)),
-                Err(e) => panic!("baresip control: {e}"),
-            }
-        };
-        let json = format!(r#"{{"command":"sndcode","params":"{k}","token":"t"}}"#);
-        s.write_all(format!("{}:{json},", json.len()).as_bytes())
-            .expect("send");
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-        let _ = s.read(&mut [0u8; 256]);
-    };
+    let key = |k: &str| common::baresip_command(ctrl, "sndcode", k);
     // Keys typed during the greeting answer the questions in turn (type-ahead).
     std::thread::sleep(Duration::from_secs(4));
     for k in ["1", "2", "#"] {

@@ -5,21 +5,10 @@
 
 mod common;
 
-use common::{require_tool, Server};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use common::{best_match, read_wav, require_tool, wav_files, Server};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn read_wav(path: &Path) -> Vec<i16> {
-    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let spec = r.spec();
-    assert_eq!(spec.sample_rate, 8000, "{}", path.display());
-    let ch = spec.channels as usize;
-    let all: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
-    all.chunks(ch).map(|c| c[0]).collect()
-}
 
 fn prompt(id: &str) -> Vec<i16> {
     read_wav(
@@ -27,32 +16,6 @@ fn prompt(id: &str) -> Vec<i16> {
             .join("prompts/ru")
             .join(format!("{id}.wav")),
     )
-}
-
-/// Pearson correlation of `needle` against `hay[lag..]`, best over `lags`.
-/// Returns (correlation, lag in samples).
-fn best_match(needle: &[i16], hay: &[i16], lags: std::ops::Range<usize>) -> (f64, usize) {
-    let n = needle.len();
-    let mean_a = needle.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-    let var_a: f64 = needle.iter().map(|&x| (x as f64 - mean_a).powi(2)).sum();
-    let mut best = (f64::MIN, 0);
-    for lag in lags {
-        let Some(seg) = hay.get(lag..lag + n) else {
-            break;
-        };
-        let mean_b = seg.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-        let (mut cov, mut var_b) = (0.0, 0.0);
-        for (a, b) in needle.iter().zip(seg) {
-            let (da, db) = (*a as f64 - mean_a, *b as f64 - mean_b);
-            cov += da * db;
-            var_b += db * db;
-        }
-        let c = cov / (var_a * var_b).sqrt().max(1e-9);
-        if c > best.0 {
-            best = (c, lag);
-        }
-    }
-    best
 }
 
 fn rms(x: &[i16]) -> f64 {
@@ -70,7 +33,6 @@ impl Baresip {
         let dir = tempfile::tempdir().expect("tempdir");
         let ctrl_port = common::free_udp_port();
         let d = dir.path();
-        std::fs::create_dir_all(d.join("snd")).expect("snd dir");
         // One minute of quiet noise as the caller's voice.
         let mut w = hound::WavWriter::create(
             d.join("src.wav"),
@@ -90,12 +52,7 @@ impl Baresip {
             w.write_sample(((x % 200) as i16) - 100).expect("write");
         }
         w.finalize().expect("finalize");
-        let config = format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:0\naudio_player aufile,{p}/play.wav\naudio_source aufile,{p}/src.wav\naudio_alert aufile,{p}/alert.wav\nmodule_path /usr/lib/baresip/modules\nmodule stdio.so\nmodule g711.so\nmodule aufile.so\nmodule sndfile.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\nsnd_path {p}/snd\n",
-            p = d.display()
-        );
-        std::fs::write(d.join("config"), config).expect("config");
-        std::fs::write(d.join("accounts"), "<sip:tester@127.0.0.1>;regint=0\n").expect("accounts");
+        common::baresip_config(d, ctrl_port, true);
         let child = Command::new("baresip")
             .args([
                 "-f",
@@ -117,22 +74,8 @@ impl Baresip {
         }
     }
 
-    /// Sends a command over baresip's ctrl_tcp (JSON in a netstring).
     fn command(&self, cmd: &str, params: &str) {
-        let until = Instant::now() + Duration::from_secs(5);
-        let mut s = loop {
-            match TcpStream::connect(("127.0.0.1", self.ctrl_port)) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(100)),
-                Err(e) => panic!("baresip control port: {e}"),
-            }
-        };
-        let json = format!(r#"{{"command":"{cmd}","params":"{params}","token":"t"}}"#);
-        s.write_all(format!("{}:{json},", json.len()).as_bytes())
-            .expect("send command");
-        let mut buf = [0u8; 512];
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-        let _ = s.read(&mut buf);
+        common::baresip_command(self.ctrl_port, cmd, params);
     }
 
     fn wait(mut self) -> (tempfile::TempDir, String) {
@@ -283,22 +226,6 @@ fn digits_by_sip_info_arrive_once_in_order() {
 
 fn speech() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/speech_ru_festival.wav")
-}
-
-fn wav_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(wav_files(&p));
-        } else if p.extension().is_some_and(|x| x == "wav") {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

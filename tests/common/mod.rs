@@ -304,3 +304,87 @@ pub fn baresip_interface_args() -> Vec<&'static str> {
         vec![]
     }
 }
+
+/// First channel of a WAV file (8 kHz expected).
+pub fn read_wav(path: &Path) -> Vec<i16> {
+    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec = r.spec();
+    assert_eq!(spec.sample_rate, 8000, "{}", path.display());
+    let ch = spec.channels as usize;
+    let all: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
+    all.chunks(ch).map(|c| c[0]).collect()
+}
+
+/// Every `.wav` under `dir`, recursively.
+pub fn wav_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(wav_files(&p));
+        } else if p.extension().is_some_and(|x| x == "wav") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Pearson correlation of `needle` against `hay[lag..]`, best over `lags`: how the
+/// tests decide that one recording is another after G.711. Returns (corr, lag).
+pub fn best_match(needle: &[i16], hay: &[i16], lags: std::ops::Range<usize>) -> (f64, usize) {
+    let n = needle.len();
+    let mean_a = needle.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+    let var_a: f64 = needle.iter().map(|&x| (x as f64 - mean_a).powi(2)).sum();
+    let mut best = (f64::MIN, 0);
+    for lag in lags {
+        let Some(seg) = hay.get(lag..lag + n) else {
+            break;
+        };
+        let mean_b = seg.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        let (mut cov, mut var_b) = (0.0, 0.0);
+        for (a, b) in needle.iter().zip(seg) {
+            let (da, db) = (*a as f64 - mean_a, *b as f64 - mean_b);
+            cov += da * db;
+            var_b += db * db;
+        }
+        let c = cov / (var_a * var_b).sqrt().max(1e-9);
+        if c > best.0 {
+            best = (c, lag);
+        }
+    }
+    best
+}
+
+/// A headless baresip configuration in `dir`: audio from `dir/src.wav`, control over
+/// TCP (ctrl_tcp) on `ctrl_port`, and, with `dump`, what it hears written to
+/// `dir/snd/*-dec.wav` by the sndfile module.
+pub fn baresip_config(dir: &Path, ctrl_port: u16, dump: bool) {
+    let p = dir.display();
+    let mut config = format!(
+        "poll_method epoll\nsip_listen 127.0.0.1:0\naudio_player aufile,{p}/play.wav\naudio_source aufile,{p}/src.wav\naudio_alert aufile,{p}/alert.wav\nmodule_path /usr/lib/baresip/modules\nmodule stdio.so\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\n"
+    );
+    if dump {
+        std::fs::create_dir_all(dir.join("snd")).expect("snd dir");
+        config.push_str(&format!("module sndfile.so\nsnd_path {p}/snd\n"));
+    }
+    std::fs::write(dir.join("config"), config).expect("baresip config");
+    std::fs::write(dir.join("accounts"), "<sip:tester@127.0.0.1>;regint=0\n").expect("accounts");
+}
+
+/// Sends a command to baresip's ctrl_tcp (JSON in a netstring), waiting for it to listen.
+pub fn baresip_command(ctrl_port: u16, cmd: &str, params: &str) {
+    use std::io::{Read, Write};
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", ctrl_port)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("baresip control port: {e}"),
+        }
+    };
+    let json = format!(r#"{{"command":"{cmd}","params":"{params}","token":"t"}}"#);
+    s.write_all(format!("{}:{json},", json.len()).as_bytes())
+        .expect("send command");
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let _ = s.read(&mut [0u8; 512]);
+}
