@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod ivr;
 pub mod media;
 pub mod privacy;

@@ -26,7 +26,101 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub privacy: PrivacyConfig,
     #[serde(default)]
+    pub operators: OperatorsConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// Operator accounts, their registrations and their phones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorsConfig {
+    /// Digest realm; stored HA1s depend on it, so changing it needs `operator passwd`.
+    pub realm: String,
+    /// Feature codes an operator dials from their phone.
+    pub feature_available: String,
+    pub feature_paused: String,
+    /// A phone that registers makes its operator available (else paused until `*1`).
+    pub available_on_register: bool,
+    pub min_expires_s: u32,
+    pub max_expires_s: u32,
+    /// Wrong passwords from one source within the window that lock the source out.
+    pub max_auth_failures: u32,
+    pub auth_failure_window_s: u64,
+    pub lockout_s: u64,
+    pub nonce_lifetime_s: u64,
+}
+
+impl Default for OperatorsConfig {
+    fn default() -> Self {
+        OperatorsConfig {
+            realm: "hotline".into(),
+            feature_available: "*1".into(),
+            feature_paused: "*2".into(),
+            available_on_register: true,
+            min_expires_s: 60,
+            max_expires_s: 3600,
+            max_auth_failures: 5,
+            auth_failure_window_s: 600,
+            lockout_s: 900,
+            nonce_lifetime_s: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueStrategy {
+    #[default]
+    LongestIdle,
+    RingAll,
+}
+
+/// How waiting callers are served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub strategy: QueueStrategy,
+    pub ring_timeout_s: u64,
+    /// Missed offers in a row that pause an operator (0 = never).
+    pub max_misses: u32,
+    pub wrap_up_s: u64,
+    /// Position announcements every this many seconds (0 = never) and never closer
+    /// together than the minimum, improvements included.
+    pub announce_interval_s: u64,
+    pub announce_min_interval_s: u64,
+    /// Longest wait before the caller is offered voicemail (0 = no limit).
+    pub max_wait_s: u64,
+    /// The key that leaves the queue for voicemail ("" = none).
+    pub voicemail_key: String,
+    /// Prompt looped while waiting ("" = silence between announcements).
+    pub comfort_prompt: String,
+    /// Prompt played to the operator before the bridge ("" = none).
+    pub whisper_prompt: String,
+    pub voicemail_when_nobody_logged_in: bool,
+    /// Answers that move a caller ahead: "KEY=DIGITS" (e.g. "status=1"); first match wins.
+    pub priority_answers: Vec<String>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            strategy: QueueStrategy::LongestIdle,
+            ring_timeout_s: 20,
+            max_misses: 2,
+            wrap_up_s: 15,
+            announce_interval_s: 45,
+            announce_min_interval_s: 15,
+            max_wait_s: 600,
+            voicemail_key: "1".into(),
+            comfort_prompt: "queue_comfort".into(),
+            whisper_prompt: String::new(),
+            voicemail_when_nobody_logged_in: true,
+            priority_answers: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -435,6 +529,75 @@ impl Config {
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir".into(), "must not be empty".into()));
+        }
+        let op = &self.operators;
+        if op.realm.is_empty() || !op.realm.chars().all(|c| c.is_ascii_graphic() && c != '"') {
+            return Err((
+                "operators.realm".into(),
+                "must be non-empty printable ASCII without quotes".into(),
+            ));
+        }
+        for (key, code) in [
+            ("operators.feature_available", &op.feature_available),
+            ("operators.feature_paused", &op.feature_paused),
+        ] {
+            if code.is_empty()
+                || !code
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '*' || c == '#')
+            {
+                return Err((
+                    key.into(),
+                    format!("\"{code}\" is not a dial string of 0-9 * #"),
+                ));
+            }
+        }
+        if op.feature_available == op.feature_paused {
+            return Err((
+                "operators.feature_paused".into(),
+                "must differ from operators.feature_available".into(),
+            ));
+        }
+        if op.min_expires_s == 0 || op.min_expires_s > op.max_expires_s {
+            return Err((
+                "operators.min_expires_s".into(),
+                "must be at least 1 and not above operators.max_expires_s".into(),
+            ));
+        }
+        if op.nonce_lifetime_s == 0 {
+            return Err((
+                "operators.nonce_lifetime_s".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        let q = &self.queue;
+        if q.ring_timeout_s == 0 {
+            return Err(("queue.ring_timeout_s".into(), "must be at least 1".into()));
+        }
+        if q.voicemail_key.chars().count() > 1
+            || !q
+                .voicemail_key
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '*' || c == '#')
+        {
+            return Err((
+                "queue.voicemail_key".into(),
+                format!(
+                    "\"{}\" is not one key of 0-9 * # (or empty)",
+                    q.voicemail_key
+                ),
+            ));
+        }
+        for (i, p) in q.priority_answers.iter().enumerate() {
+            if !p
+                .split_once('=')
+                .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+            {
+                return Err((
+                    format!("queue.priority_answers[{i}]"),
+                    format!("\"{p}\" is not KEY=DIGITS"),
+                ));
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err((

@@ -3,6 +3,7 @@
 //! `g711` and `rtp` are sans-IO building blocks; `engine` is the tokio layer that owns
 //! RTP sockets and paces every call's packets from one clock.
 
+pub mod bridge;
 pub mod dtmf;
 pub mod engine;
 pub mod g711;

@@ -1,0 +1,1 @@
+//! Local control socket between `hotline serve` and the other subcommands.

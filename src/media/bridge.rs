@@ -1,0 +1,1 @@
+//! Bridging two call legs.
