@@ -262,6 +262,7 @@ fn dispatch(
                     Err(e) => tracing::debug!(call, "INFO without a digit: {e}"),
                 },
                 Output::CloseConnection(id) => transports.close(id),
+                Output::Registrar(_) | Output::FeatureCode { .. } => {}
             }
         }
         while let Some(out) = app.poll_output() {

@@ -232,7 +232,10 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
                     ended = true;
                     give_up = give_up.min(Instant::now() + Duration::from_secs(3));
                 }
-                Output::Info { .. } | Output::CloseConnection(_) => {}
+                Output::Info { .. }
+                | Output::CloseConnection(_)
+                | Output::Registrar(_)
+                | Output::FeatureCode { .. } => {}
             }
         }
         if ended && !awaiting_recording {

@@ -8,12 +8,16 @@
 //! `poll_timeout`. It must not touch sockets, files or the clock: the tokio layer in
 //! `transport` does that, and the media layer does RTP.
 
+use super::digest::{DigestAuth, DigestConfig, Ha1Set};
 use super::headers::{self, NameAddr};
 use super::message::{
     self, build_response, finish_message, reason_phrase, validate_request, validate_response,
     Method, Reject, Request, Response, Source,
 };
 use super::raw::{self, RawMessage, StartLine};
+use super::registrar::{
+    self as reg, Decision, RegisterRequest, Registrar, RegistrarConfig, RegistrarEvent,
+};
 use super::transaction::{
     ClientTransaction, ClientVerdict, ServerTransaction, TimerConfig, TxEvent,
 };
@@ -163,6 +167,26 @@ pub enum Output {
         body: Vec<u8>,
     },
     CloseConnection(u64),
+    /// An operator's registration changed.
+    Registrar(RegistrarEvent),
+    /// A registered operator dialled a feature code from the phone that registered.
+    FeatureCode {
+        user: String,
+        code: String,
+    },
+}
+
+/// Looks up an operator's stored digest hashes by SIP user name.
+pub type CredentialLookup = Arc<dyn Fn(&str) -> Option<Ha1Set> + Send + Sync>;
+
+/// The operators' registrar: present only when operator accounts can be looked up.
+#[derive(Clone)]
+pub struct RegistrarSetup {
+    pub credentials: CredentialLookup,
+    pub registrar: RegistrarConfig,
+    pub digest: DigestConfig,
+    /// Dial strings and the reason phrase that acknowledges each.
+    pub feature_codes: Vec<(String, String)>,
 }
 
 /// What may be stored about the caller's number; applied before anything leaves the
@@ -187,6 +211,8 @@ pub struct EndpointConfig {
     /// Whether SIP messages may be logged in full at debug level (only when the
     /// caller-ID policy keeps numbers anyway).
     pub log_messages: bool,
+    /// Without it REGISTER is challenged and then refused.
+    pub registrar: Option<RegistrarSetup>,
 }
 
 impl std::fmt::Debug for EndpointConfig {
@@ -213,6 +239,7 @@ impl Default for EndpointConfig {
             caller_id: Arc::new(|s: &str| Some(s.to_string())),
             offer_telephone_event: true,
             log_messages: false,
+            registrar: None,
         }
     }
 }
@@ -270,6 +297,13 @@ struct Call {
     /// UAC: branch of the INVITE, and the last ACK (re-sent on 2xx retransmission).
     invite_branch: Option<String>,
     ack: Option<Arc<[u8]>>,
+    /// UAC: extra headers of the INVITE.
+    invite_headers: Vec<(String, String)>,
+    /// In-dialog requests go to `peer` whatever the remote target says (a phone behind
+    /// NAT is reached where its registration came from).
+    pin_peer: bool,
+    /// UAC: a CANCEL went out; a late 2xx is acknowledged and hung up at once.
+    cancelled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +326,7 @@ enum ClientPurpose {
     Bye(CallId),
     Invite(CallId),
     Info,
+    Cancel,
 }
 
 struct ClientEntry {
@@ -320,6 +355,9 @@ pub struct Endpoint {
     pub stats: Stats,
     /// Calls still active (not Terminating), for the max_calls limit.
     active: usize,
+    registrar: Option<Registrar>,
+    /// Where each (user, contact) binding registered from, to reach that phone.
+    binding_peers: HashMap<(String, String), Peer>,
 }
 
 fn random_token(len: usize) -> String {
@@ -364,7 +402,15 @@ fn dialog_key(call_id: &str, local_tag: &str) -> String {
 
 impl Endpoint {
     pub fn new(cfg: EndpointConfig) -> Self {
+        let registrar = cfg.registrar.as_ref().map(|setup| {
+            use rand::SeedableRng;
+            let rng = Box::new(rand::rngs::StdRng::from_entropy());
+            let auth = DigestAuth::with_random_secret(setup.digest.clone(), Instant::now(), rng);
+            Registrar::new(setup.registrar.clone(), auth)
+        });
         Endpoint {
+            registrar,
+            binding_peers: HashMap::new(),
             cfg,
             server: HashMap::new(),
             client: HashMap::new(),
@@ -394,7 +440,12 @@ impl Endpoint {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let reg = self.registrar.as_ref().and_then(|r| r.poll_timeout());
+        let own = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (own, reg) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn schedule(&mut self, at: Instant, what: TimerRef) {
@@ -632,6 +683,9 @@ impl Endpoint {
             return;
         }
         match req.method {
+            Method::Invite if self.feature_code_of(&req).is_some() => {
+                self.handle_feature_code(now, &key, peer, &req)
+            }
             Method::Invite => self.handle_new_invite(now, &key, peer, req),
             Method::Options => {
                 let extra = [
@@ -641,36 +695,155 @@ impl Endpoint {
                 ];
                 self.respond(now, &key, &req, 200, None, &extra, None);
             }
-            Method::Register => {
-                // Operators' registrar is not in service: challenge (so a registrar-aware
-                // client learns the scheme we speak), then refuse any credentials.
-                let has_digest = req
-                    .raw
-                    .header("authorization")
-                    .is_some_and(|a| a.trim_start().to_ascii_lowercase().starts_with("digest"));
-                if has_digest {
-                    self.respond(now, &key, &req, 403, None, &[], None);
-                } else {
-                    let challenge = format!(
-                        "Digest realm=\"hotline\", nonce=\"{}\", algorithm=MD5, qop=\"auth\"",
-                        random_token(24)
-                    );
-                    self.respond(
-                        now,
-                        &key,
-                        &req,
-                        401,
-                        None,
-                        &[("WWW-Authenticate".into(), challenge)],
-                        None,
-                    );
-                }
-            }
+            Method::Register => self.handle_register(now, &key, peer, &req),
             _ => self.respond(now, &key, &req, 481, None, &[], None),
         }
     }
 
-    /// Sends a response through the server transaction `key`.
+    // ---- operators: registrar and feature codes -------------------------------------
+
+    fn handle_register(&mut self, now: Instant, key: &str, peer: Peer, req: &Request) {
+        let Some(registrar) = self.registrar.as_mut() else {
+            // No operator accounts: nobody can register.
+            return self.respond(now, key, req, 403, None, &[], None);
+        };
+        let request = match register_request(peer.remote, req) {
+            Ok(r) => r,
+            Err(reason) => {
+                let warn = [("Warning".to_string(), format!("399 hotline \"{reason}\""))];
+                return self.respond(now, key, req, 400, None, &warn, None);
+            }
+        };
+        let lookup = self
+            .cfg
+            .registrar
+            .as_ref()
+            .map(|s| s.credentials.clone())
+            .expect("registrar exists only with a setup");
+        let decision = registrar.handle_register(&request, &|user: &str| lookup(user), now);
+        match decision {
+            Decision::Challenge { www_authenticate } => {
+                let extra: Vec<(String, String)> = www_authenticate
+                    .into_iter()
+                    .map(|v| ("WWW-Authenticate".to_string(), v))
+                    .collect();
+                self.respond(now, key, req, 401, None, &extra, None);
+            }
+            Decision::Ok { bindings } => {
+                for c in &request.contacts {
+                    if let reg::Contact::Uri { uri, .. } = c {
+                        self.binding_peers
+                            .insert((request.aor_user.clone(), uri.clone()), peer);
+                    }
+                }
+                let extra: Vec<(String, String)> = bindings
+                    .iter()
+                    .map(|b| {
+                        (
+                            "Contact".to_string(),
+                            format!("<{}>;expires={}", b.contact, b.expires),
+                        )
+                    })
+                    .collect();
+                self.respond(now, key, req, 200, None, &extra, None);
+            }
+            Decision::IntervalTooBrief { min_expires } => {
+                let extra = [("Min-Expires".to_string(), min_expires.to_string())];
+                self.respond(now, key, req, 423, None, &extra, None);
+            }
+            Decision::Forbidden => self.respond(now, key, req, 403, None, &[], None),
+            Decision::BadRequest { reason } => {
+                let warn = [("Warning".to_string(), format!("399 hotline \"{reason}\""))];
+                self.respond(now, key, req, 400, None, &warn, None);
+            }
+            Decision::Ignore => {
+                self.server.remove(key);
+            }
+        }
+        self.drain_registrar();
+    }
+
+    fn drain_registrar(&mut self) {
+        let Some(registrar) = self.registrar.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        while let Some(ev) = registrar.poll_event() {
+            events.push(ev);
+        }
+        for ev in events {
+            match &ev {
+                RegistrarEvent::BindingRemoved { user, contact }
+                | RegistrarEvent::BindingExpired { user, contact } => {
+                    self.binding_peers.remove(&(user.clone(), contact.clone()));
+                }
+                _ => {}
+            }
+            self.out.push_back(Output::Registrar(ev));
+        }
+    }
+
+    /// Every live binding of an operator with the transport path that reaches it.
+    pub fn operator_contacts(&self, user: &str, now: Instant) -> Vec<(String, Peer)> {
+        let Some(registrar) = self.registrar.as_ref() else {
+            return Vec::new();
+        };
+        registrar
+            .bindings(user, now)
+            .into_iter()
+            .filter_map(|b| {
+                let peer = self
+                    .binding_peers
+                    .get(&(user.to_string(), b.contact.clone()))?;
+                Some((b.contact, *peer))
+            })
+            .collect()
+    }
+
+    /// The feature code an INVITE dials, if it dials one.
+    fn feature_code_of(&self, req: &Request) -> Option<String> {
+        let setup = self.cfg.registrar.as_ref()?;
+        let user = headers::parse_sip_uri(&req.uri).ok()??.user?;
+        let user = percent_decode(&user);
+        setup
+            .feature_codes
+            .iter()
+            .find(|(code, _)| *code == user)
+            .map(|(code, _)| code.clone())
+    }
+
+    /// A feature code is honoured only from an operator's registered phone: the From user
+    /// must be an operator with a binding whose REGISTER came from this very address.
+    /// The answer is a final response whose reason phrase tells the operator what
+    /// happened; no call is set up.
+    fn handle_feature_code(&mut self, now: Instant, key: &str, peer: Peer, req: &Request) {
+        let code = self.feature_code_of(req).unwrap_or_default();
+        let user = headers::parse_sip_uri(&req.common.from.uri)
+            .ok()
+            .flatten()
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        let from_phone = self.registrar.as_ref().is_some_and(|r| {
+            r.bindings(&user, now)
+                .iter()
+                .any(|b| b.source == peer.remote)
+        });
+        if !from_phone {
+            tracing::info!(remote = %peer.remote, "feature code from an unregistered phone refused");
+            return self.respond(now, key, req, 403, None, &[], None);
+        }
+        let phrase = self
+            .cfg
+            .registrar
+            .as_ref()
+            .and_then(|s| s.feature_codes.iter().find(|(c, _)| *c == code))
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
+        tracing::info!(operator = %user, %code, "feature code");
+        self.out.push_back(Output::FeatureCode { user, code });
+        self.respond_with(now, key, req, 480, &phrase, None, &[], None);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn respond(
         &mut self,
@@ -678,6 +851,30 @@ impl Endpoint {
         key: &str,
         req: &Request,
         code: u16,
+        to_tag: Option<&str>,
+        extra: &[(String, String)],
+        body: Option<(&str, &[u8])>,
+    ) {
+        self.respond_with(
+            now,
+            key,
+            req,
+            code,
+            reason_phrase(code),
+            to_tag,
+            extra,
+            body,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond_with(
+        &mut self,
+        now: Instant,
+        key: &str,
+        req: &Request,
+        code: u16,
+        phrase: &str,
         to_tag: Option<&str>,
         extra: &[(String, String)],
         body: Option<(&str, &[u8])>,
@@ -699,7 +896,7 @@ impl Endpoint {
                 addr: req_source(entry.peer, req),
             },
             code,
-            reason_phrase(code),
+            phrase,
             to_tag,
             extra,
             body,
@@ -838,6 +1035,9 @@ impl Endpoint {
             end_reason: None,
             invite_branch: None,
             ack: None,
+            invite_headers: Vec::new(),
+            pin_peer: false,
+            cancelled: false,
         };
         self.dialogs
             .insert(dialog_key(&c.sip_call_id, &local_tag), call);
@@ -1288,10 +1488,14 @@ impl Endpoint {
     // ---- responses (client side) --------------------------------------------------
 
     fn handle_response(&mut self, now: Instant, _peer: Peer, resp: Response) {
-        let Some(branch) = resp.common.vias[0].branch().map(str::to_string) else {
+        let Some(mut branch) = resp.common.vias[0].branch().map(str::to_string) else {
             self.stats.stray_responses += 1;
             return;
         };
+        // A CANCEL shares its INVITE's branch; its transaction is keyed apart.
+        if resp.common.cseq_method.eq_ignore_ascii_case("CANCEL") {
+            branch.push_str(":cancel");
+        }
         let Some(entry) = self.client.get_mut(&branch) else {
             self.stats.stray_responses += 1;
             return;
@@ -1301,7 +1505,7 @@ impl Endpoint {
         let code = resp.code;
         let ack_uri = match purpose {
             ClientPurpose::Invite(call) => self.calls.get(&call).map(|c| c.remote_target.clone()),
-            ClientPurpose::Bye(_) | ClientPurpose::Info => None,
+            ClientPurpose::Bye(_) | ClientPurpose::Info | ClientPurpose::Cancel => None,
         }
         .unwrap_or_else(|| format!("sip:{}", peer.remote));
         let Some(entry) = self.client.get_mut(&branch) else {
@@ -1326,7 +1530,7 @@ impl Endpoint {
                 }
             }
             ClientPurpose::Invite(call) => self.handle_invite_response(now, call, resp),
-            ClientPurpose::Info => {}
+            ClientPurpose::Info | ClientPurpose::Cancel => {}
         }
     }
 
@@ -1359,6 +1563,11 @@ impl Endpoint {
                 c.ack = Some(ack.clone());
                 let peer = self.in_dialog_peer(call);
                 self.transmit(peer, ack);
+                if self.calls.get(&call).is_some_and(|c| c.cancelled) {
+                    // The answer crossed our CANCEL: the dialog exists, so end it.
+                    let reason = self.calls[&call].end_reason.unwrap_or(EndReason::Cancel);
+                    return self.hangup(now, call, reason);
+                }
                 let media = sdp::parse(&resp.raw.body).ok();
                 let codec = media
                     .as_ref()
@@ -1393,7 +1602,7 @@ impl Endpoint {
 
     fn in_dialog_peer(&self, call: CallId) -> Peer {
         let c = &self.calls[&call];
-        if c.peer.link.reliable() || !c.route_set.is_empty() {
+        if c.pin_peer || c.peer.link.reliable() || !c.route_set.is_empty() {
             return c.peer;
         }
         // The remote target is used when it names an IP address; a host name is not
@@ -1434,8 +1643,27 @@ impl Endpoint {
                 self.end_call(call, reason);
             }
             CallState::Calling => {
-                // Not yet answered: CANCEL is not offered by this UAC; wait for B.
-                c.end_reason = Some(reason);
+                c.end_reason.get_or_insert(reason);
+                if c.cancelled {
+                    return;
+                }
+                c.cancelled = true;
+                let Some(branch) = c.invite_branch.clone() else {
+                    return;
+                };
+                // Same Request-URI, Call-ID, From, To, CSeq number and branch as the INVITE
+                // (RFC 3261 §9.1); the INVITE then ends with 487.
+                let cancel = build_request(c, "CANCEL", 1, &branch, &[], None);
+                let peer = c.peer;
+                self.send_client(
+                    now,
+                    peer,
+                    false,
+                    cancel,
+                    format!("{branch}:cancel"),
+                    ClientPurpose::Cancel,
+                );
+                tracing::info!(call, reason = %reason.as_str(), "cancelling");
             }
             CallState::Answered | CallState::Confirmed => {
                 c.end_reason.get_or_insert(reason);
@@ -1509,6 +1737,12 @@ impl Endpoint {
 
     /// Timers due at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = self.registrar.as_mut() {
+            if r.poll_timeout().is_some_and(|t| t <= now) {
+                r.handle_timeout(now);
+            }
+        }
+        self.drain_registrar();
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -1583,7 +1817,7 @@ impl Endpoint {
         if out.event == Some(TxEvent::Timeout) {
             match purpose {
                 ClientPurpose::Bye(call) => self.finish_call(call),
-                ClientPurpose::Info => {}
+                ClientPurpose::Info | ClientPurpose::Cancel => {}
                 ClientPurpose::Invite(call) => self.end_call(call, EndReason::Timeout),
             }
         }
@@ -1629,6 +1863,35 @@ impl Endpoint {
     /// The RTP port is allocated first (`MediaCommand::Allocate`); the INVITE leaves
     /// once `media_allocated` reports it. Progress arrives as events.
     pub fn place_call(&mut self, peer: Peer, target: &str, from_user: &str) -> CallId {
+        self.place_call_to(peer, target, None, from_user, Vec::new())
+    }
+
+    /// Rings an operator's phone: `peer` is where its registration came from, which is
+    /// where the INVITE and every later request of the dialog go. `display` is shown
+    /// by the phone; `extra` headers ride on the INVITE.
+    pub fn offer_call(
+        &mut self,
+        peer: Peer,
+        contact: &str,
+        display: &str,
+        from_user: &str,
+        extra: Vec<(String, String)>,
+    ) -> CallId {
+        let call = self.place_call_to(peer, contact, Some(display), from_user, extra);
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.pin_peer = true;
+        }
+        call
+    }
+
+    fn place_call_to(
+        &mut self,
+        peer: Peer,
+        target: &str,
+        display: Option<&str>,
+        from_user: &str,
+        extra: Vec<(String, String)>,
+    ) -> CallId {
         let call = self.next_call;
         self.next_call += 1;
         self.active += 1;
@@ -1668,9 +1931,16 @@ impl Endpoint {
             end_reason: None,
             invite_branch: None,
             ack: None,
+            invite_headers: Vec::new(),
+            pin_peer: false,
+            cancelled: false,
         };
         let mut c = c;
-        c.local_header = format!("<sip:{from_user}@{host}>;tag={}", c.local_tag);
+        let display = display
+            .map(|d| format!("\"{}\" ", quote_display(d)))
+            .unwrap_or_default();
+        c.local_header = format!("{display}<sip:{from_user}@{host}>;tag={}", c.local_tag);
+        c.invite_headers = extra;
         self.emit(CallEvent::Started {
             call,
             sip_call_id,
@@ -1710,12 +1980,18 @@ impl Endpoint {
         let peer = c.peer;
         let contact = self.contact_header(peer);
         let c = &self.calls[&call];
+        let mut headers: Vec<(&str, &str)> = vec![("Contact", &contact), ("Allow", message::ALLOW)];
+        headers.extend(
+            c.invite_headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        );
         let invite = build_request(
             c,
             "INVITE",
             1,
             &branch,
-            &[("Contact", &contact), ("Allow", message::ALLOW)],
+            &headers,
             Some(("application/sdp", body.as_bytes())),
         );
         self.send_client(now, peer, true, invite, branch, ClientPurpose::Invite(call));
@@ -1738,6 +2014,77 @@ fn caller_identity(from: &NameAddr) -> String {
 /// (never answered) nor for responses.
 fn is_answerable(method: &str) -> bool {
     !method.is_empty() && method != "ACK" && !method.starts_with("SIP/")
+}
+
+/// The parts of a REGISTER the registrar decides on.
+fn register_request(source: SocketAddr, req: &Request) -> Result<RegisterRequest, &'static str> {
+    let aor_user = headers::parse_sip_uri(&req.common.to.uri)?
+        .and_then(|u| u.user)
+        .ok_or("To has no user part")?;
+    let mut contacts = Vec::new();
+    for line in req.raw.headers_named("contact") {
+        for value in raw::split_comma_values(line) {
+            if value.trim() == "*" {
+                contacts.push(reg::Contact::Star);
+                continue;
+            }
+            let na = headers::parse_name_addr(value)?;
+            let expires = match headers::find_param(&na.params, "expires") {
+                Some(p) => Some(
+                    p.value
+                        .as_deref()
+                        .and_then(|v| v.trim().parse::<u32>().ok())
+                        .ok_or("bad expires parameter")?,
+                ),
+                None => None,
+            };
+            contacts.push(reg::Contact::Uri {
+                uri: na.uri,
+                expires,
+            });
+        }
+    }
+    let expires = match req.raw.header("expires") {
+        Some(v) => Some(v.trim().parse::<u32>().map_err(|_| "bad Expires")?),
+        None => None,
+    };
+    Ok(RegisterRequest {
+        source,
+        aor_user: percent_decode(&aor_user),
+        contacts,
+        expires,
+        call_id: req.common.call_id.clone(),
+        cseq: req.common.cseq,
+        authorization: req.raw.header("authorization").map(str::to_string),
+    })
+}
+
+/// A display name as a quoted-string body: no quotes, backslashes or control
+/// characters, at most 64 characters.
+fn quote_display(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+        .take(64)
+        .collect()
+}
+
+/// `%2A1` -> `*1` (phones escape `*` and `#` in user parts).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn random_branch() -> String {
