@@ -140,6 +140,22 @@ tone() {
     put "$id" "$tmp/$id.wav"
 }
 
+# Soft chords (A minor, G, F, G; 6 s each, faded) at about -20 dBFS: calm, and
+# loops without a click because every chord fades in and out.
+music() {
+    local id=$1 i=0 parts=()
+    for chord in "220 277.18 329.63" "196 246.94 293.66" "174.61 220 261.63" "196 246.94 293.66"; do
+        read -r a b c <<<"$chord"
+        i=$((i + 1))
+        sox -n -r 8000 -b 16 -e signed-integer "$tmp/$id.$i.wav" \
+            synth 6 sine "$a" sine "$b" sine "$c" channels 1 fade h 1.5 6 1.5 vol 0.3 \
+            || die "$id: sox synth failed"
+        parts+=("$tmp/$id.$i.wav")
+    done
+    sox "${parts[@]}" "$tmp/$id.wav" || die "$id: sox concatenation failed"
+    put "$id" "$tmp/$id.wav"
+}
+
 declare -A seen=()
 count=0
 section=
@@ -162,7 +178,11 @@ while IFS= read -r -u 3 line || [[ -n $line ]]; do
             [[ $trimmed =~ ^([a-z0-9_]+)\ =\ \{\ hz\ =\ ([0-9]+),\ ms\ =\ ([0-9]+)\ \}$ ]] \
                 || die "$catalog:$lineno: expected: id = { hz = N, ms = N }"
             ;;
-        *) die "$catalog:$lineno: entry outside [prompts] or [tones]" ;;
+        music)
+            [[ $trimmed =~ ^([a-z0-9_]+)\ =\ \"([^\"\\]+)\"$ ]] \
+                || die "$catalog:$lineno: expected: id = \"description\""
+            ;;
+        *) die "$catalog:$lineno: entry outside [prompts], [tones] or [music]" ;;
     esac
     id=${BASH_REMATCH[1]}
     [[ -z ${seen[$id]:-} ]] || die "$catalog:$lineno: prompt id $id appears twice"
@@ -175,6 +195,8 @@ while IFS= read -r -u 3 line || [[ -n $line ]]; do
     fi
     if [[ $section == prompts ]]; then
         speak "$id" "${BASH_REMATCH[2]}"
+    elif [[ $section == music ]]; then
+        music "$id"
     else
         tone "$id" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}"
     fi

@@ -18,6 +18,10 @@ pub struct PromptCatalog {
     pub prompts: BTreeMap<String, String>,
     #[serde(default)]
     pub tones: BTreeMap<String, Tone>,
+    /// Music played while callers wait, by id -> a description; generated as soft
+    /// chords until a real recording replaces the WAV.
+    #[serde(default)]
+    pub music: BTreeMap<String, String>,
 }
 
 /// A sine tone such as the recording beep.
@@ -54,6 +58,7 @@ impl PromptCatalog {
         self.prompts
             .keys()
             .chain(self.tones.keys())
+            .chain(self.music.keys())
             .cloned()
             .collect()
     }
@@ -67,7 +72,12 @@ impl PromptCatalog {
     fn problems(&self, file: &str) -> Vec<FlowError> {
         let invalid = |msg: String| FlowError::new(file, None, Problem::Invalid(msg));
         let mut errors = Vec::new();
-        for id in self.prompts.keys().chain(self.tones.keys()) {
+        for id in self
+            .prompts
+            .keys()
+            .chain(self.tones.keys())
+            .chain(self.music.keys())
+        {
             let plain = !id.is_empty()
                 && id
                     .chars()
