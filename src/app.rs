@@ -1,30 +1,88 @@
-//! The host of the IVR: runs one `ivr::Engine` per answered call and carries out its
-//! actions with the media engine and the store.
+//! The host of the IVR and the operators' queue: runs one `ivr::Engine` per answered
+//! call and the one `queue::core::Queue`, and carries out their actions with the media
+//! engine, the SIP endpoint and the store.
 //!
 //! Owns the glue between call events (answered, digit, prompt finished, recording
-//! stopped, stored, hung up) and the engine's actions (play, record, store an answer,
-//! enqueue, hang up). Sans-IO like the engine: it returns `AppOutput`s for the server
-//! loop to execute and takes time as an argument. Must not decide call flow itself.
+//! stopped, stored, hung up, operator legs answered or ended, registrations, feature
+//! codes) and the engines' actions (play, record, store an answer, enqueue, offer to an
+//! operator, bridge, hang up). Sans-IO like the engines: it returns `AppOutput`s for
+//! the server loop to execute and takes time as an argument. Must not decide call flow
+//! or distribution itself.
 
-use crate::config::Config;
+use crate::config::{Config, QueueConfig as QueueSettings, QueueStrategy};
 use crate::ivr::{self, Action, Engine, Event, Flow, PlayId, QueueOutcome, RecordStop};
 use crate::media::engine::{EngineCommand, MediaEvent};
 use crate::media::prompt::{PromptLimits, PromptSet};
 use crate::media::recorder::{StopReason, VoicemailStopConfig};
 use crate::media::session::RecordSpec;
+use crate::queue::core::{
+    self as qcore, EventKind, Input as QueueInput, OperatorState, Queue, QueueSnapshot,
+    VoicemailReason,
+};
 use crate::sip::{CallEvent, CallId, Direction};
 use crate::store::StoreCommand;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 pub enum AppOutput {
     Media(EngineCommand),
     Store(StoreCommand),
     Hangup(CallId),
+    /// Ring `operator`'s phone for `caller`; the server answers with `offer_placed`
+    /// or `offer_failed`.
+    Offer {
+        caller: CallId,
+        operator: String,
+        display: String,
+        answers: String,
+    },
+}
+
+/// Operator SIP user name -> pseudonym, shared with the server's account lookups.
+pub type OperatorNames = Arc<Mutex<HashMap<String, String>>>;
+
+/// The queue's settings from the configuration.
+pub fn queue_core_config(q: &QueueSettings, available_on_register: bool) -> qcore::QueueConfig {
+    let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    qcore::QueueConfig {
+        strategy: match q.strategy {
+            QueueStrategy::LongestIdle => qcore::Strategy::LongestIdle,
+            QueueStrategy::RingAll => qcore::Strategy::RingAll,
+        },
+        priority_first: !q.priority_answers.is_empty(),
+        ring_timeout: Duration::from_secs(q.ring_timeout_s),
+        max_misses: q.max_misses,
+        miss_cooldown: Duration::from_secs(q.ring_timeout_s.min(5)),
+        wrap_up: Duration::from_secs(q.wrap_up_s),
+        announce_interval: secs(q.announce_interval_s),
+        announce_min_interval: Duration::from_secs(q.announce_min_interval_s),
+        max_wait: secs(q.max_wait_s),
+        voicemail_when_nobody_logged_in: q.voicemail_when_nobody_logged_in,
+        voicemail_when_last_operator_leaves: q.voicemail_when_nobody_logged_in,
+        available_on_register,
+    }
+}
+
+/// A caller waiting in the queue.
+struct Waiting {
+    /// The announcement being played, after which comfort audio resumes.
+    announcement: Option<u64>,
+}
+
+/// A call leg to an operator's phone.
+struct Leg {
+    caller: CallId,
+    operator: String,
+}
+
+struct Conversation {
+    leg: CallId,
+    since: Option<Instant>,
 }
 
 /// Loads and checks the call flow and every prompt it can play. Each error is one
@@ -66,6 +124,20 @@ pub struct App {
     next_token: u64,
     stored_tx: mpsc::UnboundedSender<(CallId, bool)>,
     out: VecDeque<AppOutput>,
+    queue: Queue,
+    queue_settings: QueueSettings,
+    waiting: HashMap<CallId, Waiting>,
+    /// What each caller answered, in order, for the operator's display.
+    answers: HashMap<CallId, Vec<(String, String)>>,
+    references: HashMap<CallId, String>,
+    legs: HashMap<CallId, Leg>,
+    offers: HashMap<(CallId, String), CallId>,
+    /// Operator legs playing the whisper prompt, waiting to be bridged.
+    whispering: HashMap<CallId, u64>,
+    conversations: HashMap<CallId, Conversation>,
+    operator_names: OperatorNames,
+    /// Who caused the operator state changes being stored now.
+    state_source: &'static str,
 }
 
 fn reference_code() -> String {
@@ -101,7 +173,39 @@ impl App {
         recordings_dir: PathBuf,
         stored_tx: mpsc::UnboundedSender<(CallId, bool)>,
     ) -> App {
+        let settings = QueueSettings::default();
+        Self::with_queue(
+            flow,
+            prompts,
+            recordings_dir,
+            stored_tx,
+            settings,
+            true,
+            OperatorNames::default(),
+        )
+    }
+
+    pub fn with_queue(
+        flow: Arc<Flow>,
+        prompts: Arc<PromptSet>,
+        recordings_dir: PathBuf,
+        stored_tx: mpsc::UnboundedSender<(CallId, bool)>,
+        queue_settings: QueueSettings,
+        available_on_register: bool,
+        operator_names: OperatorNames,
+    ) -> App {
         App {
+            queue: Queue::new(queue_core_config(&queue_settings, available_on_register)),
+            queue_settings,
+            waiting: HashMap::new(),
+            answers: HashMap::new(),
+            references: HashMap::new(),
+            legs: HashMap::new(),
+            offers: HashMap::new(),
+            whispering: HashMap::new(),
+            conversations: HashMap::new(),
+            operator_names,
+            state_source: "queue",
             flow,
             prompts,
             recordings_dir,
@@ -118,10 +222,20 @@ impl App {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let ivr = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (ivr, self.queue.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn on_call_event(&mut self, ev: &CallEvent, now: Instant) {
+        if self.on_leg_event(ev, now) {
+            return;
+        }
+        if let CallEvent::Ended { call, .. } = ev {
+            self.caller_gone(*call, now);
+        }
         match ev {
             CallEvent::Answered { call, .. } => {
                 if self.calls.contains_key(call) {
@@ -133,6 +247,7 @@ impl App {
                         call: *call,
                         code: code.clone(),
                     }));
+                self.references.insert(*call, code.clone());
                 let engine = Engine::new(self.flow.clone()).with_reference_code(code);
                 self.calls.insert(
                     *call,
@@ -171,6 +286,20 @@ impl App {
     pub fn on_media_event(&mut self, ev: MediaEvent, now: Instant) {
         match ev {
             MediaEvent::Digit { call, digit } => {
+                if self.legs.contains_key(&call) {
+                    // The operator's keys are passed to the caller, not stored.
+                    return;
+                }
+                if self.waiting.contains_key(&call)
+                    && self.queue_settings.voicemail_key.starts_with(digit.digit)
+                {
+                    self.queue_input(
+                        QueueInput::CallerChoseVoicemail {
+                            call: qcore::CallId(call),
+                        },
+                        now,
+                    );
+                }
                 self.out.push_back(AppOutput::Store(StoreCommand::Digit {
                     call,
                     digit: digit.digit,
@@ -181,6 +310,20 @@ impl App {
                 self.feed(call, Event::Digit(digit.digit), now);
             }
             MediaEvent::PlayFinished { call, token } => {
+                if self.whispering.get(&call) == Some(&token) {
+                    self.whispering.remove(&call);
+                    if let Some(caller) = self.legs.get(&call).map(|l| l.caller) {
+                        self.start_bridge(caller, call, now);
+                    }
+                    return;
+                }
+                if let Some(w) = self.waiting.get_mut(&call) {
+                    if w.announcement == Some(token) {
+                        w.announcement = None;
+                        self.play_comfort(call);
+                        return;
+                    }
+                }
                 let id = self
                     .calls
                     .get_mut(&call)
@@ -242,6 +385,30 @@ impl App {
                     self.calls.remove(&call);
                 }
             }
+            MediaEvent::ConversationRecorded { caller, result, .. } => match result {
+                Ok(info) => self
+                    .out
+                    .push_back(AppOutput::Store(StoreCommand::Recording {
+                        call: caller,
+                        kind: "conversation",
+                        info,
+                        partial: false,
+                        reply: None,
+                    })),
+                Err(e) => tracing::error!(call = caller, "conversation recording failed: {e}"),
+            },
+            MediaEvent::BridgeEnded { caller, operator } => {
+                // A bridge that ends while both legs are up (it could not start) must
+                // not leave two people in silence.
+                if self
+                    .conversations
+                    .get(&caller)
+                    .is_some_and(|c| c.leg == operator)
+                {
+                    self.out.push_back(AppOutput::Hangup(operator));
+                    self.out.push_back(AppOutput::Hangup(caller));
+                }
+            }
             MediaEvent::Allocated { .. }
             | MediaEvent::Failed { .. }
             | MediaEvent::RtpTimeout { .. } => {}
@@ -256,6 +423,10 @@ impl App {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.queue.poll_timeout().is_some_and(|t| t <= now) {
+            self.queue.handle_timeout(now);
+            self.drain_queue(now);
+        }
         while let Some(Reverse((at, call))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -280,7 +451,8 @@ impl App {
     }
 
     fn drain(&mut self, call: CallId, now: Instant) {
-        let mut follow_up = Vec::new();
+        let follow_up: Vec<Event> = Vec::new();
+        let mut joins = Vec::new();
         loop {
             let Some(c) = self.calls.get_mut(&call) else {
                 return;
@@ -361,6 +533,10 @@ impl App {
                         .push_back(AppOutput::Media(EngineCommand::StopRecording { call }));
                 }
                 Action::StoreAnswer { node, key, digits } => {
+                    self.answers
+                        .entry(call)
+                        .or_default()
+                        .push((key.clone(), digits.clone()));
                     self.out.push_back(AppOutput::Store(StoreCommand::Answer {
                         call,
                         node,
@@ -370,9 +546,8 @@ impl App {
                     }));
                 }
                 Action::Enqueue { node } => {
-                    // The operator queue is not in service yet: the flow takes its fallback.
-                    tracing::info!(call, %node, "queue unavailable, taking the fallback");
-                    follow_up.push(Event::QueueResult(QueueOutcome::Unavailable));
+                    tracing::info!(call, %node, "caller joins the operators' queue");
+                    joins.push(call);
                 }
                 Action::Hangup { reason } => {
                     tracing::info!(call, ?reason, "flow hangs up");
@@ -386,5 +561,455 @@ impl App {
         for ev in follow_up {
             self.feed(call, ev, now);
         }
+        for call in joins {
+            self.join_queue(call, now);
+        }
+    }
+}
+
+pub fn state_name(state: &OperatorState) -> &'static str {
+    match state {
+        OperatorState::Offline => "offline",
+        OperatorState::Available => "available",
+        OperatorState::Ringing(_) => "ringing",
+        OperatorState::OnCall(_) => "on_call",
+        OperatorState::WrapUp(_) => "wrap_up",
+        OperatorState::Paused => "paused",
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// Keys and digits as a header value: `status=1;zone=2;unit=12345`.
+fn answers_header(answers: &[(String, String)]) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '*' | '#'))
+            .collect()
+    };
+    answers
+        .iter()
+        .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The operator queue side of the host.
+impl App {
+    /// The live queue for `hotline queue`.
+    pub fn queue_snapshot(&self, now: Instant) -> QueueSnapshot {
+        self.queue.snapshot(now)
+    }
+
+    pub fn operator_name(&self, user: &str) -> String {
+        self.operator_names
+            .lock()
+            .ok()
+            .and_then(|m| m.get(user).cloned())
+            .unwrap_or_else(|| user.to_string())
+    }
+
+    /// A phone of `user` registered (first binding) or its last binding went away.
+    pub fn operator_registered(&mut self, user: &str, online: bool, now: Instant) {
+        self.state_source = "registrar";
+        let input = if online {
+            QueueInput::OperatorRegistered(user.to_string())
+        } else {
+            QueueInput::OperatorUnregistered(user.to_string())
+        };
+        self.queue_input(input, now);
+        self.state_source = "queue";
+    }
+
+    /// `available` or `paused`, from a feature code (`source` "phone") or the CLI.
+    /// Returns the operator's state afterwards, or why nothing changed.
+    pub fn set_operator_state(
+        &mut self,
+        user: &str,
+        available: bool,
+        source: &'static str,
+        now: Instant,
+    ) -> Result<&'static str, String> {
+        match self.queue.operator_state(user) {
+            None | Some(OperatorState::Offline) => {
+                return Err(format!(
+                    "{} has no registered phone",
+                    self.operator_name(user)
+                ))
+            }
+            Some(_) => {}
+        }
+        self.state_source = source;
+        let input = if available {
+            QueueInput::OperatorSetAvailable(user.to_string())
+        } else {
+            QueueInput::OperatorPaused(user.to_string())
+        };
+        self.queue_input(input, now);
+        self.state_source = "queue";
+        Ok(self
+            .queue
+            .operator_state(user)
+            .map(state_name)
+            .unwrap_or("offline"))
+    }
+
+    /// The server rang the operator: `leg` is the new outgoing call.
+    pub fn offer_placed(&mut self, caller: CallId, operator: &str, leg: CallId) {
+        self.legs.insert(
+            leg,
+            Leg {
+                caller,
+                operator: operator.to_string(),
+            },
+        );
+        self.offers.insert((caller, operator.to_string()), leg);
+    }
+
+    /// The operator could not be rung at all (no usable binding).
+    pub fn offer_failed(&mut self, caller: CallId, operator: &str, now: Instant) {
+        let input = QueueInput::OfferFailed {
+            call: qcore::CallId(caller),
+            operator: operator.to_string(),
+        };
+        self.queue_input(input, now);
+    }
+
+    fn join_queue(&mut self, call: CallId, now: Instant) {
+        if self.calls.get(&call).is_none_or(|c| c.ended) {
+            return;
+        }
+        let answers = self.answers.get(&call).cloned().unwrap_or_default();
+        let priority = self.queue_settings.priority_answers.iter().any(|p| {
+            p.split_once('=')
+                .is_some_and(|(k, v)| answers.iter().any(|(ak, av)| ak == k && av == v))
+        }) as u8;
+        self.waiting.insert(call, Waiting { announcement: None });
+        self.play_comfort(call);
+        let input = QueueInput::CallerJoined {
+            call: qcore::CallId(call),
+            priority,
+        };
+        self.queue_input(input, now);
+    }
+
+    fn queue_input(&mut self, input: QueueInput, now: Instant) {
+        self.queue.handle(input, now);
+        self.drain_queue(now);
+    }
+
+    fn next_token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    fn play_comfort(&mut self, call: CallId) {
+        let id = self.queue_settings.comfort_prompt.clone();
+        match self.prompts.get(&id).cloned() {
+            Some(p) => {
+                let token = self.next_token();
+                self.out.push_back(AppOutput::Media(EngineCommand::Play {
+                    call,
+                    token,
+                    prompts: vec![p],
+                    looping: true,
+                }));
+            }
+            None => self
+                .out
+                .push_back(AppOutput::Media(EngineCommand::StopPlayback { call })),
+        }
+    }
+
+    fn announce(&mut self, call: CallId, position: usize) {
+        let id = if position <= 10 {
+            format!("queue_position_{position}")
+        } else {
+            "queue_position_more".to_string()
+        };
+        let mut list: Vec<_> = self.prompts.get(&id).cloned().into_iter().collect();
+        if !self.queue_settings.voicemail_key.is_empty() {
+            list.extend(self.prompts.get("queue_leave_message").cloned());
+        }
+        if list.is_empty() {
+            return;
+        }
+        let token = self.next_token();
+        if let Some(w) = self.waiting.get_mut(&call) {
+            w.announcement = Some(token);
+        }
+        self.out.push_back(AppOutput::Media(EngineCommand::Play {
+            call,
+            token,
+            prompts: list,
+            looping: false,
+        }));
+    }
+
+    fn drain_queue(&mut self, now: Instant) {
+        while let Some(action) = self.queue.poll_action() {
+            match action {
+                qcore::Action::Offer { call, operator } => {
+                    let caller = call.0;
+                    let answers = self.answers.get(&caller).cloned().unwrap_or_default();
+                    let mut display: Vec<String> =
+                        answers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    if let Some(r) = self.references.get(&caller) {
+                        display.push(format!("ref {r}"));
+                    }
+                    tracing::info!(call = caller, operator = %operator, "offering caller");
+                    self.out.push_back(AppOutput::Offer {
+                        caller,
+                        operator,
+                        display: display.join(" "),
+                        answers: answers_header(&answers),
+                    });
+                }
+                qcore::Action::CancelOffer { call, operator } => {
+                    if let Some(leg) = self.offers.remove(&(call.0, operator)) {
+                        self.out.push_back(AppOutput::Hangup(leg));
+                    }
+                }
+                qcore::Action::Bridge { call, operator } => {
+                    let caller = call.0;
+                    let Some(leg) = self.offers.remove(&(caller, operator.clone())) else {
+                        continue;
+                    };
+                    self.waiting.remove(&caller);
+                    self.conversations
+                        .insert(caller, Conversation { leg, since: None });
+                    let whisper = self.queue_settings.whisper_prompt.clone();
+                    match self.prompts.get(&whisper).cloned() {
+                        Some(p) if !whisper.is_empty() => {
+                            let token = self.next_token();
+                            self.whispering.insert(leg, token);
+                            self.out.push_back(AppOutput::Media(EngineCommand::Play {
+                                call: leg,
+                                token,
+                                prompts: vec![p],
+                                looping: false,
+                            }));
+                        }
+                        _ => self.start_bridge(caller, leg, now),
+                    }
+                }
+                qcore::Action::AnnouncePosition { call, position } => {
+                    self.announce(call.0, position)
+                }
+                qcore::Action::ToVoicemail { call, reason } => {
+                    let caller = call.0;
+                    self.waiting.remove(&caller);
+                    self.out
+                        .push_back(AppOutput::Media(EngineCommand::StopPlayback {
+                            call: caller,
+                        }));
+                    let outcome = match reason {
+                        VoicemailReason::CallerChoice => QueueOutcome::CallerChoseVoicemail,
+                        VoicemailReason::MaxWait => QueueOutcome::MaxWait,
+                        VoicemailReason::NoOperators => QueueOutcome::NoOperators,
+                    };
+                    self.feed(caller, Event::QueueResult(outcome), now);
+                }
+                qcore::Action::Abandoned { call, waited } => {
+                    tracing::info!(
+                        call = call.0,
+                        waited_ms = millis(waited),
+                        "caller left the queue"
+                    );
+                }
+                qcore::Action::OperatorAutoPaused { operator } => {
+                    tracing::warn!(operator = %self.operator_name(&operator), "operator paused after missed calls");
+                }
+                qcore::Action::Event(ev) => self.store_queue_event(ev.kind),
+            }
+        }
+    }
+
+    fn start_bridge(&mut self, caller: CallId, leg: CallId, now: Instant) {
+        let Some(conv) = self.conversations.get_mut(&caller) else {
+            return;
+        };
+        conv.since = Some(now);
+        self.out
+            .push_back(AppOutput::Media(EngineCommand::StopPlayback {
+                call: caller,
+            }));
+        let path = recording_path(&self.recordings_dir, SystemTime::now(), "conversation");
+        self.out.push_back(AppOutput::Media(EngineCommand::Bridge {
+            caller,
+            operator: leg,
+            record: Some(path),
+        }));
+        self.feed(caller, Event::QueueResult(QueueOutcome::Answered), now);
+    }
+
+    /// Events of calls to operators' phones; false when `ev` is not about one.
+    fn on_leg_event(&mut self, ev: &CallEvent, now: Instant) -> bool {
+        let (leg, ended) = match ev {
+            CallEvent::Answered { call, .. } => (*call, None),
+            CallEvent::Ended { call, reason, .. } => (*call, Some(*reason)),
+            CallEvent::Started { .. } => return false,
+        };
+        let Some(l) = self.legs.get(&leg) else {
+            return false;
+        };
+        let caller = l.caller;
+        let operator = l.operator.clone();
+        let Some(reason) = ended else {
+            let input = QueueInput::OfferAnswered {
+                call: qcore::CallId(caller),
+                operator,
+            };
+            self.queue_input(input, now);
+            return true;
+        };
+        self.legs.remove(&leg);
+        self.whispering.remove(&leg);
+        if self
+            .conversations
+            .get(&caller)
+            .is_some_and(|c| c.leg == leg)
+        {
+            // The operator hung up: the conversation is over for the caller too.
+            self.end_conversation(caller, now);
+            self.out.push_back(AppOutput::Hangup(caller));
+            return true;
+        }
+        if self.offers.get(&(caller, operator.clone())) == Some(&leg) {
+            self.offers.remove(&(caller, operator.clone()));
+            let call = qcore::CallId(caller);
+            let input = match reason {
+                crate::sip::EndReason::Rejected(480 | 486 | 600 | 603) => {
+                    QueueInput::OfferRejected { call, operator }
+                }
+                _ => QueueInput::OfferFailed { call, operator },
+            };
+            self.queue_input(input, now);
+        }
+        true
+    }
+
+    /// The caller's call ended: leave the queue or end the conversation.
+    fn caller_gone(&mut self, call: CallId, now: Instant) {
+        if self.waiting.remove(&call).is_some() {
+            self.queue_input(
+                QueueInput::CallerLeft {
+                    call: qcore::CallId(call),
+                },
+                now,
+            );
+        }
+        if let Some(leg) = self.conversations.get(&call).map(|c| c.leg) {
+            self.end_conversation(call, now);
+            self.out.push_back(AppOutput::Hangup(leg));
+        }
+        self.answers.remove(&call);
+        self.references.remove(&call);
+    }
+
+    fn end_conversation(&mut self, caller: CallId, now: Instant) {
+        let Some(conv) = self.conversations.remove(&caller) else {
+            return;
+        };
+        if let Some(since) = conv.since {
+            self.out.push_back(AppOutput::Store(StoreCommand::Talk {
+                call: caller,
+                talk_ms: millis(now.saturating_duration_since(since)),
+            }));
+        }
+        self.queue_input(
+            QueueInput::CallEnded {
+                call: qcore::CallId(caller),
+            },
+            now,
+        );
+    }
+
+    fn store_queue_event(&mut self, kind: EventKind) {
+        let at = SystemTime::now();
+        type Row = (
+            qcore::CallId,
+            &'static str,
+            Option<String>,
+            Option<usize>,
+            Option<&'static str>,
+            Option<Duration>,
+        );
+        let row: Row = match kind {
+            EventKind::Joined { call, position, .. } => {
+                (call, "joined", None, Some(position), None, None)
+            }
+            EventKind::PositionAnnounced { call, position } => {
+                (call, "position_announced", None, Some(position), None, None)
+            }
+            EventKind::Offered { call, operator } => {
+                (call, "offered", Some(operator), None, None, None)
+            }
+            EventKind::OfferMissed {
+                call,
+                operator,
+                reason,
+            } => {
+                let reason = match reason {
+                    qcore::MissReason::Timeout => "timeout",
+                    qcore::MissReason::Rejected => "rejected",
+                    qcore::MissReason::Failed => "failed",
+                };
+                (
+                    call,
+                    "offer_missed",
+                    Some(operator),
+                    None,
+                    Some(reason),
+                    None,
+                )
+            }
+            EventKind::Answered {
+                call,
+                operator,
+                waited,
+            } => (call, "answered", Some(operator), None, None, Some(waited)),
+            EventKind::Abandoned { call, waited } => {
+                (call, "abandoned", None, None, None, Some(waited))
+            }
+            EventKind::Overflowed {
+                call,
+                reason,
+                waited,
+            } => {
+                let reason = match reason {
+                    VoicemailReason::CallerChoice => "caller_choice",
+                    VoicemailReason::MaxWait => "max_wait",
+                    VoicemailReason::NoOperators => "no_operators",
+                };
+                (call, "overflowed", None, None, Some(reason), Some(waited))
+            }
+            EventKind::OperatorStateChanged { operator, state } => {
+                let name = self.operator_name(&operator);
+                tracing::info!(operator = %name, state = state_name(&state), "operator state");
+                self.out
+                    .push_back(AppOutput::Store(StoreCommand::OperatorState {
+                        operator: name,
+                        state: state_name(&state),
+                        source: self.state_source,
+                        at,
+                    }));
+                return;
+            }
+        };
+        let (call, kind, operator, position, reason, waited) = row;
+        let operator = operator.map(|o| self.operator_name(&o));
+        self.out.push_back(AppOutput::Store(StoreCommand::Queue {
+            call: call.0,
+            kind,
+            operator,
+            position: position.map(|p| p as u32),
+            reason,
+            waited_ms: waited.map(millis),
+            at,
+        }));
     }
 }

@@ -5,10 +5,14 @@
 //! dispatch of the endpoint's outputs, and orderly shutdown (every call hung up, every
 //! row committed). Must not hold call logic: that is in `sip::endpoint`.
 
-use crate::app::{App, AppOutput};
+use crate::app::{App, AppOutput, OperatorNames};
 use crate::config::{CallerIdPolicy, Config};
+use crate::control::ControlCommand;
 use crate::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig, MediaEvent};
 use crate::privacy::CallerIdFilter;
+use crate::sip::digest::DigestConfig;
+use crate::sip::endpoint::{CredentialLookup, RegistrarSetup};
+use crate::sip::registrar::{RegistrarConfig, RegistrarEvent};
 use crate::sip::transport::{self, NetInput, TcpLimits, Transports};
 use crate::sip::{Endpoint, EndpointConfig, Output, TimerConfig};
 use crate::store::{self, StoreCommand};
@@ -17,6 +21,56 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+/// The operators' registrar, looking accounts up in the database through `conn`.
+pub fn registrar_setup(
+    cfg: &Config,
+    conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
+    names: OperatorNames,
+) -> RegistrarSetup {
+    let op = &cfg.operators;
+    let realm = op.realm.clone();
+    let credentials: CredentialLookup = Arc::new(move |user: &str| {
+        let conn = conn.lock().ok()?;
+        match store::operator_credentials(&conn, user, &realm) {
+            Ok(Some((name, ha1s))) => {
+                if let Ok(mut m) = names.lock() {
+                    m.insert(user.to_string(), name);
+                }
+                Some(ha1s)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!("operator lookup failed: {e}");
+                None
+            }
+        }
+    });
+    let mut digest = DigestConfig::new(op.realm.clone());
+    digest.nonce_lifetime = Duration::from_secs(op.nonce_lifetime_s);
+    digest.algorithms = op
+        .digest_algorithms
+        .iter()
+        .filter_map(|a| crate::sip::digest::Algorithm::from_token(a))
+        .collect();
+    RegistrarSetup {
+        credentials,
+        registrar: RegistrarConfig {
+            min_expires: op.min_expires_s,
+            max_expires: op.max_expires_s,
+            default_expires: op.max_expires_s.min(3600).max(op.min_expires_s),
+            max_failures: op.max_auth_failures,
+            failure_window: Duration::from_secs(op.auth_failure_window_s),
+            lockout: Duration::from_secs(op.lockout_s),
+            ..RegistrarConfig::default()
+        },
+        digest,
+        feature_codes: vec![
+            (op.feature_available.clone(), "Available".to_string()),
+            (op.feature_paused.clone(), "Paused".to_string()),
+        ],
+    }
+}
 
 pub fn endpoint_config(cfg: &Config, filter: &CallerIdFilter) -> EndpointConfig {
     let f = filter.clone();
@@ -95,7 +149,22 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         }
     }
     let (stored_tx, mut stored_rx) = mpsc::unbounded_channel();
-    let mut app = App::new(flow, prompts.clone(), cfg.recordings_dir(), stored_tx);
+    let names = OperatorNames::default();
+    let accounts = store::open(&cfg.database_path())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
+    refresh_operator_names(&accounts, &names);
+    let accounts = Arc::new(std::sync::Mutex::new(accounts));
+    let mut app = App::with_queue(
+        flow,
+        prompts.clone(),
+        cfg.recordings_dir(),
+        stored_tx,
+        cfg.queue.clone(),
+        cfg.operators.available_on_register,
+        names.clone(),
+    );
+    let mut control_rx = crate::control::spawn_listener(&crate::control::socket_path(&cfg))
+        .map_err(|e| anyhow::anyhow!("control socket: {e}"))?;
 
     let (net_tx, mut net_rx) = transport::input_channel();
     let limits = TcpLimits {
@@ -118,7 +187,9 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         },
         media_ev_tx,
     );
-    let mut ep = Endpoint::new(endpoint_config(&cfg, &filter));
+    let mut ep_cfg = endpoint_config(&cfg, &filter);
+    ep_cfg.registrar = Some(registrar_setup(&cfg, accounts.clone(), names.clone()));
+    let mut ep = Endpoint::new(ep_cfg);
     for b in &transports.bound {
         println!("hotline: SIP listening on {b}");
     }
@@ -164,6 +235,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             Some((call, ok)) = stored_rx.recv() => {
                 app.on_stored(call, ok, std::time::Instant::now());
             }
+            Some(req) = control_rx.recv() => {
+                let reply = control(&mut app, &ep, &accounts, &names, req.command);
+                let _ = req.reply.send(reply);
+            }
             Some(input) = net_rx.recv() => {
                 let now = std::time::Instant::now();
                 handle_net(&mut ep, &mut transports, now, input);
@@ -173,7 +248,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                         Ok(input) => handle_net(&mut ep, &mut transports, now, input),
                         Err(_) => break,
                     }
-                    dispatch(&mut ep, &mut app, &mut transports, &media, &store_tx);
+                    dispatch(&mut ep, &mut app, &mut transports, &media, &store_tx, &cfg.operators.feature_available);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -184,7 +259,14 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 }
             }
         }
-        dispatch(&mut ep, &mut app, &mut transports, &media, &store_tx);
+        dispatch(
+            &mut ep,
+            &mut app,
+            &mut transports,
+            &media,
+            &store_tx,
+            &cfg.operators.feature_available,
+        );
         if shutting_down.is_some() && ep.call_count() == 0 {
             break;
         }
@@ -230,12 +312,100 @@ fn handle_net(
     }
 }
 
+fn refresh_operator_names(conn: &rusqlite::Connection, names: &OperatorNames) {
+    match store::list_operators(conn) {
+        Ok(rows) => {
+            if let Ok(mut m) = names.lock() {
+                m.clear();
+                m.extend(rows.into_iter().map(|r| (r.sip_username, r.name)));
+            }
+        }
+        Err(e) => tracing::error!("cannot list operators: {e}"),
+    }
+}
+
+/// Answers one request of the local control socket.
+fn control(
+    app: &mut App,
+    ep: &Endpoint,
+    accounts: &std::sync::Mutex<rusqlite::Connection>,
+    names: &OperatorNames,
+    command: ControlCommand,
+) -> serde_json::Value {
+    use serde_json::json;
+    let now = std::time::Instant::now();
+    match command {
+        ControlCommand::Queue => {
+            let snap = app.queue_snapshot(now);
+            let callers: Vec<_> = snap
+                .callers
+                .iter()
+                .map(|c| {
+                    json!({
+                        "call": c.call.0,
+                        "position": c.position,
+                        "priority": c.priority,
+                        "waited_s": c.waited.as_secs_f64(),
+                        "offered_to": c.offered_to.iter().map(|o| app.operator_name(o)).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let operators: Vec<_> = snap
+                .operators
+                .iter()
+                .map(|o| {
+                    json!({
+                        "name": app.operator_name(&o.id),
+                        "sip_username": o.id,
+                        "state": crate::app::state_name(&o.state),
+                        "idle_s": o.idle_for.map(|d| d.as_secs_f64()),
+                        "misses": o.consecutive_misses,
+                        "contacts": ep.operator_contacts(&o.id, now).len(),
+                    })
+                })
+                .collect();
+            json!({"ok": true, "callers": callers, "operators": operators})
+        }
+        ControlCommand::OperatorState { name, state } => {
+            let available = match state.as_str() {
+                "available" => true,
+                "paused" => false,
+                other => {
+                    return json!({"ok": false, "error": format!("unknown state \"{other}\" (available or paused)")})
+                }
+            };
+            if let Ok(conn) = accounts.lock() {
+                refresh_operator_names(&conn, names);
+            }
+            let user = names.lock().ok().and_then(|m| {
+                m.iter()
+                    .find(|(u, n)| **n == name || **u == name)
+                    .map(|(u, _)| u.clone())
+            });
+            let Some(user) = user else {
+                return json!({"ok": false, "error": format!("no operator named \"{name}\"")});
+            };
+            match app.set_operator_state(&user, available, "cli", now) {
+                Ok(state) => json!({"ok": true, "state": state}),
+                Err(e) => json!({"ok": false, "error": e}),
+            }
+        }
+        ControlCommand::OperatorsChanged => {
+            if let Ok(conn) = accounts.lock() {
+                refresh_operator_names(&conn, names);
+            }
+            json!({"ok": true})
+        }
+    }
+}
+
 fn dispatch(
     ep: &mut Endpoint,
     app: &mut App,
     transports: &mut Transports,
     media: &engine::MediaHandle,
     store_tx: &std::sync::mpsc::Sender<StoreCommand>,
+    feature_available: &str,
 ) {
     loop {
         let now = std::time::Instant::now();
@@ -262,7 +432,22 @@ fn dispatch(
                     Err(e) => tracing::debug!(call, "INFO without a digit: {e}"),
                 },
                 Output::CloseConnection(id) => transports.close(id),
-                Output::Registrar(_) | Output::FeatureCode { .. } => {}
+                Output::Registrar(ev) => match ev {
+                    RegistrarEvent::OperatorOnline { user } => {
+                        app.operator_registered(&user, true, now)
+                    }
+                    RegistrarEvent::OperatorOffline { user } => {
+                        app.operator_registered(&user, false, now)
+                    }
+                    other => tracing::debug!(?other, "registration"),
+                },
+                Output::FeatureCode { user, code } => {
+                    let available = code == feature_available;
+                    match app.set_operator_state(&user, available, "phone", now) {
+                        Ok(state) => tracing::info!(operator = %user, state, "set from the phone"),
+                        Err(e) => tracing::info!(operator = %user, "feature code ignored: {e}"),
+                    }
+                }
             }
         }
         while let Some(out) = app.poll_output() {
@@ -273,6 +458,22 @@ fn dispatch(
                     let _ = store_tx.send(cmd);
                 }
                 AppOutput::Hangup(call) => ep.hangup(now, call, crate::sip::EndReason::OurBye),
+                AppOutput::Offer {
+                    caller,
+                    operator,
+                    display,
+                    answers,
+                } => {
+                    // The most recent binding: the phone the operator registered last.
+                    match ep.operator_contacts(&operator, now).pop() {
+                        Some((contact, peer)) => {
+                            let extra = vec![("X-Hotline-Answers".to_string(), answers)];
+                            let leg = ep.offer_call(peer, &contact, &display, "hotline", extra);
+                            app.offer_placed(caller, &operator, leg);
+                        }
+                        None => app.offer_failed(caller, &operator, now),
+                    }
+                }
             }
         }
         if !progressed {

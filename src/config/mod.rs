@@ -51,6 +51,8 @@ pub struct OperatorsConfig {
     pub auth_failure_window_s: u64,
     pub lockout_s: u64,
     pub nonce_lifetime_s: u64,
+    /// Digest algorithms offered, most preferred first ("SHA-256", "MD5").
+    pub digest_algorithms: Vec<String>,
 }
 
 impl Default for OperatorsConfig {
@@ -66,6 +68,7 @@ impl Default for OperatorsConfig {
             auth_failure_window_s: 600,
             lockout_s: 900,
             nonce_lifetime_s: 300,
+            digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
         }
     }
 }
@@ -563,6 +566,20 @@ impl Config {
                 "operators.min_expires_s".into(),
                 "must be at least 1 and not above operators.max_expires_s".into(),
             ));
+        }
+        if op.digest_algorithms.is_empty() {
+            return Err((
+                "operators.digest_algorithms".into(),
+                "must list at least one of \"SHA-256\", \"MD5\"".into(),
+            ));
+        }
+        for (i, a) in op.digest_algorithms.iter().enumerate() {
+            if crate::sip::digest::Algorithm::from_token(a).is_none() {
+                return Err((
+                    format!("operators.digest_algorithms[{i}]"),
+                    format!("\"{a}\" is not \"SHA-256\" or \"MD5\""),
+                ));
+            }
         }
         if op.nonce_lifetime_s == 0 {
             return Err((

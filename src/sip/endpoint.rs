@@ -783,7 +783,8 @@ impl Endpoint {
         }
     }
 
-    /// Every live binding of an operator with the transport path that reaches it.
+    /// Every live binding of an operator with the transport path that reaches it,
+    /// oldest first.
     pub fn operator_contacts(&self, user: &str, now: Instant) -> Vec<(String, Peer)> {
         let Some(registrar) = self.registrar.as_ref() else {
             return Vec::new();
@@ -792,10 +793,21 @@ impl Endpoint {
             .bindings(user, now)
             .into_iter()
             .filter_map(|b| {
-                let peer = self
+                let mut peer = *self
                     .binding_peers
                     .get(&(user.to_string(), b.contact.clone()))?;
-                Some((b.contact, *peer))
+                // A contact with the IP the REGISTER came from is reachable as written;
+                // any other (a private address behind NAT) is reached at the source.
+                if !peer.link.reliable() {
+                    let direct = headers::parse_sip_uri(&b.contact)
+                        .ok()
+                        .flatten()
+                        .and_then(|u| Some((headers::host_ip(&u.host)?, u.port.unwrap_or(5060))));
+                    if let Some((ip, port)) = direct.filter(|(ip, _)| *ip == peer.remote.ip()) {
+                        peer.remote = SocketAddr::new(ip, port);
+                    }
+                }
+                Some((b.contact, peer))
             })
             .collect()
     }
