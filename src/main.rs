@@ -1,7 +1,8 @@
-//! Command line: `serve`, `check`, `calls`, `call`.
+//! Command line: `serve`, `check`, `calls`, `voicemails`, `operator`, `queue`, `call`.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use hotline::config::{Config, LogFormat};
+use hotline::control::{ControlCommand, ControlError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,6 +43,16 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Operator accounts (add, list, remove, passwd) and states.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// Show the waiting callers and the operators of the running hotline.
+    Queue {
+        #[arg(long)]
+        json: bool,
+    },
     /// Place a test call (a small softphone for smoke tests).
     Call {
         /// Whom to call, e.g. sip:hotline@127.0.0.1:5060
@@ -65,6 +76,53 @@ enum Command {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Create an account; prints its SIP username and password once.
+    Add {
+        /// Pseudonym shown to colleagues (any language).
+        name: String,
+        /// Password to set (at least 8 characters); default: a generated one.
+        #[arg(long)]
+        password: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accounts with their last known state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an account (its history is kept).
+    Remove { name: String },
+    /// Give an account a new password; prints it once.
+    Passwd {
+        name: String,
+        /// Password to set (at least 8 characters); default: a generated one.
+        #[arg(long)]
+        password: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark an operator available or paused on the running hotline.
+    State { name: String, state: StateArg },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    Available,
+    Paused,
+}
+
+impl StateArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            StateArg::Available => "available",
+            StateArg::Paused => "paused",
+        }
+    }
 }
 
 fn init_logs(cfg: &Config, json: bool) {
@@ -136,6 +194,8 @@ fn main() -> ExitCode {
         }
         Command::Calls { json, limit } => calls(&cfg, json, limit),
         Command::Voicemails { json, limit } => voicemails(&cfg, json, limit),
+        Command::Operator { command } => operator(&cfg, command),
+        Command::Queue { json } => queue(&cfg, json),
         Command::Call {
             uri,
             hangup_after,
@@ -281,5 +341,316 @@ fn voicemails(cfg: &Config, json: bool, limit: usize) -> ExitCode {
             eprintln!("hotline: {}: {e}", path.display());
             ExitCode::FAILURE
         }
+    }
+}
+
+fn operator(cfg: &Config, command: OperatorCommand) -> ExitCode {
+    if let OperatorCommand::State { name, state } = command {
+        return operator_state(cfg, name, state);
+    }
+    let path = cfg.database_path();
+    let conn = match hotline::store::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hotline: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let realm = &cfg.operators.realm;
+    let (result, json) = match command {
+        OperatorCommand::Add {
+            name,
+            password,
+            json,
+        } => (
+            hotline::store::add_operator(&conn, &name, realm, password.as_deref()),
+            json,
+        ),
+        OperatorCommand::Passwd {
+            name,
+            password,
+            json,
+        } => (
+            hotline::store::set_operator_password(&conn, &name, realm, password.as_deref()),
+            json,
+        ),
+        OperatorCommand::List { json } => return operator_list(&conn, &path, json),
+        OperatorCommand::Remove { name } => {
+            return match hotline::store::remove_operator(&conn, &name) {
+                Ok(()) => {
+                    println!("operator {name} removed");
+                    notify_operators_changed(cfg);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hotline: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        OperatorCommand::State { .. } => unreachable!("handled above"),
+    };
+    let op = match result {
+        Ok(op) => op,
+        Err(e) => {
+            eprintln!("hotline: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&op).unwrap_or_default());
+    } else {
+        println!("operator:     {}", op.name);
+        println!("SIP username: {}", op.sip_username);
+        println!("realm:        {realm}");
+        println!("password:     {}", op.password);
+        println!("The password is shown only now; hotline keeps only digests of it.");
+    }
+    notify_operators_changed(cfg);
+    ExitCode::SUCCESS
+}
+
+/// Tells a running hotline to reload the accounts; without one there is nothing to do.
+fn notify_operators_changed(cfg: &Config) {
+    let socket = hotline::control::socket_path(cfg);
+    match hotline::control::request(&socket, &ControlCommand::OperatorsChanged) {
+        Ok(reply) if reply["ok"] == true => {}
+        Ok(reply) => eprintln!(
+            "hotline: warning: the running hotline did not take the change: {}",
+            reply["error"].as_str().unwrap_or("no reason given")
+        ),
+        Err(ControlError::NotRunning) => {}
+        Err(e) => eprintln!("hotline: warning: could not tell the running hotline: {e}"),
+    }
+}
+
+fn operator_list(conn: &rusqlite::Connection, path: &std::path::Path, json: bool) -> ExitCode {
+    let rows = match hotline::store::list_operators(conn) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hotline: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if rows.is_empty() {
+        println!("no operators yet (add one with: hotline operator add NAME)");
+        return ExitCode::SUCCESS;
+    }
+    let mut table = vec![[
+        "name".to_string(),
+        "sip username".to_string(),
+        "last state".to_string(),
+        "since".to_string(),
+        "created".to_string(),
+    ]];
+    for r in rows {
+        table.push([
+            r.name,
+            r.sip_username,
+            r.last_state.unwrap_or_else(|| "-".into()),
+            r.last_state_at.unwrap_or_else(|| "-".into()),
+            r.created_at,
+        ]);
+    }
+    print_table(&table);
+    ExitCode::SUCCESS
+}
+
+fn operator_state(cfg: &Config, name: String, state: StateArg) -> ExitCode {
+    let socket = hotline::control::socket_path(cfg);
+    let command = ControlCommand::OperatorState {
+        name: name.clone(),
+        state: state.as_str().to_string(),
+    };
+    match hotline::control::request(&socket, &command) {
+        Ok(reply) if reply["ok"] == true => {
+            let now = reply["state"].as_str().unwrap_or(state.as_str());
+            println!("{name}: {now}");
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!("hotline: {}", reply_error(&reply));
+            ExitCode::FAILURE
+        }
+        Err(ControlError::NotRunning) => {
+            eprintln!("hotline is not running (operator state applies to a running server)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("hotline: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reply_error(reply: &serde_json::Value) -> String {
+    reply["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("unexpected reply: {reply}"))
+}
+
+fn queue(cfg: &Config, json: bool) -> ExitCode {
+    let socket = hotline::control::socket_path(cfg);
+    let reply = match hotline::control::request(&socket, &ControlCommand::Queue) {
+        Ok(r) => r,
+        Err(ControlError::NotRunning) => {
+            eprintln!("hotline is not running (the queue exists only in a running server)");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("hotline: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if reply["ok"] != true {
+        eprintln!("hotline: {}", reply_error(&reply));
+        return ExitCode::FAILURE;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", queue_text(&reply));
+    ExitCode::SUCCESS
+}
+
+/// The two tables of `hotline queue`: waiting callers, then operators.
+fn queue_text(reply: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn cell(v: &Value) -> String {
+        match v {
+            Value::Null => "-".into(),
+            Value::String(s) => s.clone(),
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if !n.is_i64() && !n.is_u64() => format!("{f:.1}"),
+                _ => n.to_string(),
+            },
+            Value::Array(a) if a.is_empty() => "-".into(),
+            Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(", "),
+            other => other.to_string(),
+        }
+    }
+    let empty = Vec::new();
+    let mut out = String::new();
+    let callers = reply["callers"].as_array().unwrap_or(&empty);
+    if callers.is_empty() {
+        out.push_str("no callers waiting\n");
+    } else {
+        let mut table =
+            vec![["position", "call", "priority", "waited s", "offered to"].map(String::from)];
+        for c in callers {
+            table.push([
+                cell(&c["position"]),
+                cell(&c["call"]),
+                cell(&c["priority"]),
+                cell(&c["waited_s"]),
+                cell(&c["offered_to"]),
+            ]);
+        }
+        out.push_str(&format_table(&table));
+    }
+    out.push('\n');
+    let operators = reply["operators"].as_array().unwrap_or(&empty);
+    if operators.is_empty() {
+        out.push_str("no operators\n");
+    } else {
+        let mut table = vec![[
+            "operator",
+            "sip username",
+            "state",
+            "idle s",
+            "misses",
+            "phones",
+        ]
+        .map(String::from)];
+        for o in operators {
+            table.push([
+                cell(&o["name"]),
+                cell(&o["sip_username"]),
+                cell(&o["state"]),
+                cell(&o["idle_s"]),
+                cell(&o["misses"]),
+                cell(&o["contacts"]),
+            ]);
+        }
+        out.push_str(&format_table(&table));
+    }
+    out
+}
+
+/// Left-aligned columns separated by two spaces; widths in characters, so Cyrillic
+/// pseudonyms line up.
+fn format_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(c);
+            line.extend(std::iter::repeat_n(' ', w - c.chars().count()));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    print!("{}", format_table(rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_tables() {
+        let reply = serde_json::json!({
+            "ok": true,
+            "callers": [
+                {"call": 7, "position": 1, "priority": 0, "waited_s": 12.34, "offered_to": ["anna", "Борис"]},
+                {"call": 9, "position": 2, "priority": 0, "waited_s": 3.0, "offered_to": []},
+            ],
+            "operators": [
+                {"name": "anna", "sip_username": "anna", "state": "ringing", "idle_s": null, "misses": 0, "contacts": 1},
+                {"name": "Борис", "sip_username": "op123456", "state": "available", "idle_s": 65.5, "misses": 2, "contacts": 2},
+            ],
+        });
+        let text = queue_text(&reply);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "position  call  priority  waited s  offered to");
+        assert_eq!(lines[1], "1         7     0         12.3      anna, Борис");
+        assert_eq!(lines[2], "2         9     0         3.0       -");
+        assert_eq!(lines[3], "");
+        assert_eq!(
+            lines[4],
+            "operator  sip username  state      idle s  misses  phones"
+        );
+        assert_eq!(
+            lines[5],
+            "anna      anna          ringing    -       0       1"
+        );
+        assert_eq!(
+            lines[6],
+            "Борис     op123456      available  65.5    2       2"
+        );
+        let empty = queue_text(&serde_json::json!({"ok": true, "callers": [], "operators": []}));
+        assert_eq!(empty, "no callers waiting\n\nno operators\n");
     }
 }

@@ -6,6 +6,13 @@
 //! transaction per batch, so a burst of call setups costs one fsync, not hundreds.
 //! Must not know about SIP beyond the event types it stores.
 
+mod operators;
+
+pub use operators::{
+    add_operator, list_operators, operator_credentials, remove_operator, set_operator_password,
+    NewOperator, OperatorError, OperatorRow,
+};
+
 use crate::sip::{CallEvent, CallId, Direction};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -75,6 +82,40 @@ const MIGRATIONS: &[&str] = &[
         entered_at TEXT NOT NULL
     );
     CREATE INDEX ivr_path_call ON ivr_path(call_id);",
+    // 4: operator accounts, their states, and the queue
+    "CREATE TABLE operators (
+        id INTEGER PRIMARY KEY,
+        name TEXT UNIQUE NOT NULL,
+        sip_username TEXT UNIQUE NOT NULL,
+        realm TEXT NOT NULL,
+        ha1_md5 TEXT NOT NULL,
+        ha1_sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        password_changed_at TEXT NOT NULL
+    );
+    CREATE TABLE operator_events (
+        id INTEGER PRIMARY KEY,
+        operator TEXT NOT NULL,
+        state TEXT NOT NULL,
+        source TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX operator_events_operator ON operator_events(operator, id);
+    CREATE TABLE queue_events (
+        id INTEGER PRIMARY KEY,
+        call_id INTEGER NOT NULL REFERENCES calls(id),
+        kind TEXT NOT NULL,
+        operator TEXT,
+        position INTEGER,
+        reason TEXT,
+        waited_ms INTEGER,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX queue_events_call ON queue_events(call_id);
+    ALTER TABLE calls ADD COLUMN queue_waited_ms INTEGER;
+    ALTER TABLE calls ADD COLUMN queue_outcome TEXT;
+    ALTER TABLE calls ADD COLUMN operator TEXT;
+    ALTER TABLE calls ADD COLUMN talk_ms INTEGER;",
 ];
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -164,6 +205,33 @@ pub enum StoreCommand {
         info: crate::media::recorder::RecordingInfo,
         partial: bool,
         reply: Option<tokio::sync::mpsc::UnboundedSender<(CallId, bool)>>,
+    },
+    /// Something that happened to a call in the operator queue. Kinds: "joined",
+    /// "position_announced", "offered", "offer_missed" (reason "timeout" | "rejected" |
+    /// "failed"), "answered" (operator, waited_ms), "abandoned" (waited_ms),
+    /// "overflowed" (reason "caller_choice" | "max_wait" | "no_operators" |
+    /// "unavailable", waited_ms). The last three also set the call's queue outcome.
+    Queue {
+        call: CallId,
+        kind: &'static str,
+        operator: Option<String>,
+        position: Option<u32>,
+        reason: Option<&'static str>,
+        waited_ms: Option<u64>,
+        at: SystemTime,
+    },
+    /// How long the caller talked with an operator.
+    Talk {
+        call: CallId,
+        talk_ms: u64,
+    },
+    /// An operator's state changed. States: offline, available, ringing, on_call,
+    /// wrap_up, paused; sources: registrar, phone, cli, queue.
+    OperatorState {
+        operator: String,
+        state: &'static str,
+        source: &'static str,
+        at: SystemTime,
     },
     /// Reply once everything sent before has been committed.
     Flush(mpsc::Sender<()>),
@@ -383,15 +451,90 @@ fn apply_detail(
                 .execute(params![id, digit.to_string(), source, media_ms as i64, rfc3339(at)])?;
             }
         }
+        StoreCommand::Queue {
+            call,
+            kind,
+            operator,
+            position,
+            reason,
+            waited_ms,
+            at,
+        } => {
+            let Some(id) = rows.get(&call) else {
+                tracing::debug!(call, kind, "queue event for an unknown call dropped");
+                return Ok(());
+            };
+            let waited = waited_ms.map(|w| w.min(i64::MAX as u64) as i64);
+            tx.prepare_cached(
+                "INSERT INTO queue_events (call_id, kind, operator, position, reason, waited_ms, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![id, kind, operator, position, reason, waited, rfc3339(at)])?;
+            let outcome = match kind {
+                "answered" => Some("answered".to_string()),
+                "abandoned" => Some("abandoned".to_string()),
+                "overflowed" => Some(format!("voicemail:{}", reason.unwrap_or("unknown"))),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                tx.prepare_cached(
+                    "UPDATE calls SET queue_waited_ms = COALESCE(?1, queue_waited_ms),
+                         queue_outcome = ?2, operator = COALESCE(?3, operator)
+                     WHERE id = ?4",
+                )?
+                .execute(params![
+                    waited,
+                    outcome,
+                    if kind == "answered" { operator } else { None },
+                    id
+                ])?;
+            }
+        }
+        StoreCommand::Talk { call, talk_ms } => {
+            let Some(id) = rows.get(&call) else {
+                tracing::debug!(call, "talk time for an unknown call dropped");
+                return Ok(());
+            };
+            tx.prepare_cached("UPDATE calls SET talk_ms = ?1 WHERE id = ?2")?
+                .execute(params![talk_ms.min(i64::MAX as u64) as i64, id])?;
+        }
+        StoreCommand::OperatorState {
+            operator,
+            state,
+            source,
+            at,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO operator_events (operator, state, source, at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![operator, state, source, rfc3339(at)])?;
+        }
         StoreCommand::Event(_) | StoreCommand::Recording { .. } | StoreCommand::Flush(_) => {}
     }
     Ok(())
 }
 
+/// What happened to a call in the operator queue.
 #[derive(Debug, Serialize)]
 pub struct QueueInfo {
-    pub waited_ms: i64,
+    /// Time from joining the queue to its outcome.
+    pub waited_ms: Option<i64>,
+    /// The operator who answered.
     pub operator: Option<String>,
+    /// "answered", "abandoned" or "voicemail:REASON"; null while still waiting.
+    pub outcome: Option<String>,
+    pub talk_ms: Option<i64>,
+    pub events: Vec<QueueEventRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueEventRow {
+    pub kind: String,
+    pub operator: Option<String>,
+    pub position: Option<i64>,
+    pub reason: Option<String>,
+    pub waited_ms: Option<i64>,
+    pub at: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -435,11 +578,19 @@ pub struct CallRow {
 pub fn list_calls(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<CallRow>> {
     let mut stmt = conn.prepare(
         "SELECT id, sip_call_id, direction, from_id, to_uri, remote_addr, transport, codec,
-                started_at, answered_at, ended_at, end_reason, reference
+                started_at, answered_at, ended_at, end_reason, reference,
+                queue_waited_ms, operator, queue_outcome, talk_ms
          FROM calls ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map(params![limit as i64], |r| {
-        Ok(CallRow {
+        let queue = QueueInfo {
+            waited_ms: r.get(13)?,
+            operator: r.get(14)?,
+            outcome: r.get(15)?,
+            talk_ms: r.get(16)?,
+            events: Vec::new(),
+        };
+        let row = CallRow {
             id: r.get(0)?,
             sip_call_id: r.get(1)?,
             direction: r.get(2)?,
@@ -459,15 +610,27 @@ pub fn list_calls(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<CallR
             path: Vec::new(),
             recordings: Vec::new(),
             queue: None,
-        })
+        };
+        Ok((row, queue))
     })?;
-    let mut calls: Vec<CallRow> = rows.collect::<rusqlite::Result<_>>()?;
+    let mut calls = Vec::new();
+    let mut queues = Vec::new();
+    for r in rows {
+        let (row, queue) = r?;
+        calls.push(row);
+        queues.push(queue);
+    }
     let mut answers =
         conn.prepare("SELECT key, digits FROM answers WHERE call_id = ?1 ORDER BY id")?;
     let mut path_stmt = conn.prepare("SELECT node FROM ivr_path WHERE call_id = ?1 ORDER BY id")?;
     let mut digits =
         conn.prepare("SELECT digit, source FROM digits WHERE call_id = ?1 ORDER BY id")?;
-    for c in &mut calls {
+    // Rows are inserted as things happen, so id order is time order.
+    let mut queue_events = conn.prepare(
+        "SELECT kind, operator, position, reason, waited_ms, at
+         FROM queue_events WHERE call_id = ?1 ORDER BY id",
+    )?;
+    for (c, mut queue) in calls.iter_mut().zip(queues) {
         for a in answers.query_map(params![c.id], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })? {
@@ -485,6 +648,22 @@ pub fn list_calls(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<CallR
             c.path.push(n?);
         }
         c.recordings = recordings_of(conn, c.id)?;
+        for e in queue_events.query_map(params![c.id], |r| {
+            Ok(QueueEventRow {
+                kind: r.get(0)?,
+                operator: r.get(1)?,
+                position: r.get(2)?,
+                reason: r.get(3)?,
+                waited_ms: r.get(4)?,
+                at: r.get(5)?,
+            })
+        })? {
+            queue.events.push(e?);
+        }
+        // A call that never joined the queue has no queue object at all.
+        if !queue.events.is_empty() || queue.outcome.is_some() {
+            c.queue = Some(queue);
+        }
     }
     Ok(calls)
 }
@@ -631,6 +810,202 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(journal, "wal");
+    }
+
+    fn start_call(tx: &mpsc::Sender<StoreCommand>, call: CallId) {
+        tx.send(StoreCommand::Event(CallEvent::Started {
+            call,
+            sip_call_id: format!("c{call}"),
+            from: None,
+            to: "sip:hotline@127.0.0.1".into(),
+            remote: "127.0.0.1:5070".parse().unwrap(),
+            transport: "UDP",
+            direction: Direction::Inbound,
+            at: SystemTime::now(),
+        }))
+        .unwrap();
+    }
+
+    fn flush(tx: &mpsc::Sender<StoreCommand>) {
+        let (ftx, frx) = mpsc::channel();
+        tx.send(StoreCommand::Flush(ftx)).unwrap();
+        frx.recv().unwrap();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        call: CallId,
+        kind: &'static str,
+        operator: Option<&str>,
+        position: Option<u32>,
+        reason: Option<&'static str>,
+        waited_ms: Option<u64>,
+        at: SystemTime,
+    ) -> StoreCommand {
+        StoreCommand::Queue {
+            call,
+            kind,
+            operator: operator.map(str::to_string),
+            position,
+            reason,
+            waited_ms,
+            at,
+        }
+    }
+
+    #[test]
+    fn queue_events_show_in_list_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hotline.db");
+        let tx = spawn_writer(path.clone(), Box::new(|a| Some(a.to_string()))).unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
+        // 1: answered after a missed offer; 2: overflowed to voicemail; 3: abandoned;
+        // 4: never queued; 5: still waiting.
+        for call in 1..=5 {
+            start_call(&tx, call);
+        }
+        for cmd in [
+            queue(1, "joined", None, Some(1), None, None, ms(0)),
+            queue(1, "offered", Some("anna"), None, None, None, ms(10)),
+            queue(
+                1,
+                "offer_missed",
+                Some("anna"),
+                None,
+                Some("timeout"),
+                None,
+                ms(20),
+            ),
+            queue(1, "position_announced", None, Some(1), None, None, ms(30)),
+            queue(1, "offered", Some("boris"), None, None, None, ms(40)),
+            queue(1, "answered", Some("boris"), None, None, Some(4500), ms(50)),
+            StoreCommand::Talk {
+                call: 1,
+                talk_ms: 61_000,
+            },
+            queue(2, "joined", None, Some(2), None, None, ms(0)),
+            queue(
+                2,
+                "overflowed",
+                None,
+                None,
+                Some("max_wait"),
+                Some(300_000),
+                ms(5),
+            ),
+            queue(3, "joined", None, Some(1), None, None, ms(0)),
+            queue(3, "abandoned", None, None, None, Some(7000), ms(5)),
+            queue(5, "joined", None, Some(3), None, None, ms(0)),
+            // Unknown call: dropped, and the batch still commits.
+            queue(99, "joined", None, Some(1), None, None, ms(0)),
+            StoreCommand::Talk {
+                call: 99,
+                talk_ms: 1,
+            },
+            StoreCommand::OperatorState {
+                operator: "boris".into(),
+                state: "on_call",
+                source: "queue",
+                at: ms(50),
+            },
+        ] {
+            tx.send(cmd).unwrap();
+        }
+        flush(&tx);
+        let conn = open_existing(&path).unwrap().unwrap();
+        let calls = list_calls(&conn, 10).unwrap();
+        let json = serde_json::to_value(&calls).unwrap();
+        let by_id = |id: i64| {
+            json.as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let q1 = &by_id(1)["queue"];
+        assert_eq!(q1["waited_ms"], 4500);
+        assert_eq!(q1["operator"], "boris");
+        assert_eq!(q1["outcome"], "answered");
+        assert_eq!(q1["talk_ms"], 61_000);
+        let kinds: Vec<&str> = q1["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "joined",
+                "offered",
+                "offer_missed",
+                "position_announced",
+                "offered",
+                "answered"
+            ]
+        );
+        assert_eq!(
+            q1["events"][2],
+            serde_json::json!({
+                "kind": "offer_missed", "operator": "anna", "position": null,
+                "reason": "timeout", "waited_ms": null, "at": rfc3339(ms(20)),
+            })
+        );
+        assert_eq!(q1["events"][0]["position"], 1);
+        let q2 = &by_id(2)["queue"];
+        assert_eq!(q2["outcome"], "voicemail:max_wait");
+        assert_eq!(q2["waited_ms"], 300_000);
+        assert_eq!(q2["operator"], serde_json::Value::Null);
+        assert_eq!(q2["talk_ms"], serde_json::Value::Null);
+        let q3 = &by_id(3)["queue"];
+        assert_eq!(q3["outcome"], "abandoned");
+        assert_eq!(q3["waited_ms"], 7000);
+        assert_eq!(by_id(4)["queue"], serde_json::Value::Null);
+        let q5 = &by_id(5)["queue"];
+        assert_eq!(q5["outcome"], serde_json::Value::Null);
+        assert_eq!(q5["waited_ms"], serde_json::Value::Null);
+        assert_eq!(q5["events"].as_array().unwrap().len(), 1);
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM queue_events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 11, "the unknown call's event is dropped");
+        let state: (String, String, String) = conn
+            .query_row(
+                "SELECT operator, state, source FROM operator_events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(state, ("boris".into(), "on_call".into(), "queue".into()));
+    }
+
+    #[test]
+    fn migration_4_upgrades_a_version_3_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO calls (sip_call_id, direction, to_uri, transport, started_at) VALUES ('old', 'inbound', 't', 'UDP', 'now')",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open_existing(&path).unwrap().unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let calls = list_calls(&conn, 10).unwrap();
+        assert_eq!(calls.len(), 1);
+        assert!(calls[0].queue.is_none());
+        assert!(list_operators(&conn).unwrap().is_empty());
     }
 
     #[test]
