@@ -51,7 +51,7 @@ pub struct OperatorsConfig {
     pub auth_failure_window_s: u64,
     pub lockout_s: u64,
     pub nonce_lifetime_s: u64,
-    /// Digest algorithms offered, most preferred first ("SHA-256", "MD5").
+    /// Digest algorithms challenged with, in this order ("MD5", "SHA-256").
     pub digest_algorithms: Vec<String>,
 }
 
@@ -68,7 +68,7 @@ impl Default for OperatorsConfig {
             auth_failure_window_s: 600,
             lockout_s: 900,
             nonce_lifetime_s: 300,
-            digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
+            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
         }
     }
 }
