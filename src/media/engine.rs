@@ -8,11 +8,16 @@
 //! are accepted only from the address the peer signalled (no RTP bleed: another
 //! host's packets never reach a call, and our audio never goes anywhere but the
 //! signalled address).
+//!
+//! Bridges (a caller and an operator talking) run on the same clock: every tick moves
+//! each leg's decoded audio and digits into the sans-IO `bridge::Bridge`, gives each
+//! leg the other party's frame to send, and writes the pair to the stereo recording.
 
+use super::bridge::{Bridge, JitterConfig, Side};
 use super::dtmf::DigitEvent;
 use super::g711::Codec;
 use super::prompt::Prompt;
-use super::recorder::{RecordingInfo, StopReason};
+use super::recorder::{Channels, RecorderConfig, RecordingInfo, StopReason, WavRecorder};
 use super::rtp::MAX_PACKET;
 use super::session::{DtmfMode, MediaSession, RecordSpec, SessionEvent};
 use crate::config::PortRange;
@@ -55,6 +60,20 @@ pub enum MediaEvent {
         reason: StopReason,
         result: Result<RecordingInfo, String>,
     },
+    /// The stereo recording of a bridge (caller left, operator right) is finished and
+    /// durable, or failed. Exactly once per bridge that asked for a recording, before
+    /// its `BridgeEnded`.
+    ConversationRecorded {
+        caller: CallId,
+        operator: CallId,
+        result: Result<RecordingInfo, String>,
+    },
+    /// A bridge ended (`Unbridge`, a leg stopped or timed out) or could not start.
+    /// Exactly once per `Bridge` command.
+    BridgeEnded {
+        caller: CallId,
+        operator: CallId,
+    },
 }
 
 /// What the call logic asks of a call's media.
@@ -88,6 +107,18 @@ pub enum EngineCommand {
         call: CallId,
         digit: char,
         duration_ms: u32,
+    },
+    /// Connect two existing legs: prompts stop on both, each hears the other (in its
+    /// own codec), digits are regenerated across, and with `record` the conversation
+    /// is written to one stereo WAV (caller left, operator right).
+    Bridge {
+        caller: CallId,
+        operator: CallId,
+        record: Option<PathBuf>,
+    },
+    /// Ends the bridge `call` (either leg) is in.
+    Unbridge {
+        call: CallId,
     },
 }
 
@@ -182,6 +213,28 @@ impl Drop for Leg {
     }
 }
 
+/// Two legs talking to each other.
+struct ActiveBridge {
+    caller: CallId,
+    operator: CallId,
+    core: Bridge,
+    recording: BridgeRecording,
+}
+
+enum BridgeRecording {
+    /// Not asked for, or already reported (it could not be created).
+    None,
+    Writing(WavRecorder),
+    /// A write failed: nothing more is written; reported when the bridge ends.
+    Failed(WavRecorder, String),
+}
+
+impl ActiveBridge {
+    fn has(&self, call: CallId) -> bool {
+        self.caller == call || self.operator == call
+    }
+}
+
 pub struct MediaHandle {
     pub commands: mpsc::UnboundedSender<EngineCommand>,
 }
@@ -232,6 +285,7 @@ async fn run(
 ) {
     let mut pool = PortPool::new(cfg.ports);
     let mut legs: HashMap<CallId, Leg> = HashMap::new();
+    let mut bridges: Vec<ActiveBridge> = Vec::new();
     let epoch = Instant::now();
     let mut clock = tokio::time::interval(FRAME);
     // Burst catches up after a stall so the packet count matches elapsed time (no
@@ -243,10 +297,13 @@ async fn run(
         tokio::select! {
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle_command(cmd, &cfg, &mut pool, &mut legs, &events, epoch);
+                handle_command(cmd, &cfg, &mut pool, &mut legs, &mut bridges, &events, epoch);
             }
             _ = clock.tick() => {
                 ticks += 1;
+                for b in bridges.iter_mut() {
+                    tick_bridge(b, &legs);
+                }
                 for (call, leg) in legs.iter_mut() {
                     if !leg.started {
                         continue;
@@ -259,15 +316,26 @@ async fn run(
                     }
                     forward(*call, &mut sh.session, &events);
                 }
+                // After this tick's packets are out: file writes do not delay them.
+                for b in bridges.iter_mut() {
+                    record_bridge(b);
+                }
                 if ticks.is_multiple_of(50) && !cfg.rtp_timeout.is_zero() {
                     let now_ms = epoch.elapsed().as_millis() as u64;
                     let limit = cfg.rtp_timeout.as_millis() as u64;
+                    let mut ended = Vec::new();
                     for (call, leg) in legs.iter_mut() {
                         let idle = now_ms.saturating_sub(leg.last_rx_ms.load(Ordering::Relaxed));
                         if leg.started && !leg.timed_out && idle > limit {
                             leg.timed_out = true;
                             let _ = events.send(MediaEvent::RtpTimeout { call: *call });
+                            if let Some(i) = bridges.iter().position(|b| b.has(*call)) {
+                                ended.push(bridges.swap_remove(i));
+                            }
                         }
+                    }
+                    for b in ended {
+                        end_bridge(b, &legs, &events);
                     }
                 }
             }
@@ -280,6 +348,7 @@ fn handle_command(
     cfg: &MediaConfig,
     pool: &mut PortPool,
     legs: &mut HashMap<CallId, Leg>,
+    bridges: &mut Vec<ActiveBridge>,
     events: &mpsc::UnboundedSender<MediaEvent>,
     epoch: Instant,
 ) {
@@ -387,6 +456,9 @@ fn handle_command(
             }
         }
         EngineCommand::Sip(MediaCommand::Stop { call }) => {
+            if let Some(i) = bridges.iter().position(|b| b.has(call)) {
+                end_bridge(bridges.swap_remove(i), legs, events);
+            }
             if let Some(leg) = legs.remove(&call) {
                 {
                     let mut sh = lock(&leg.shared);
@@ -438,7 +510,183 @@ fn handle_command(
         } => {
             with(legs, call, &mut |s| s.on_info_digit(digit, duration_ms));
         }
+        EngineCommand::Bridge {
+            caller,
+            operator,
+            record,
+        } => start_bridge(caller, operator, record, legs, bridges, events),
+        EngineCommand::Unbridge { call } => match bridges.iter().position(|b| b.has(call)) {
+            Some(i) => end_bridge(bridges.swap_remove(i), legs, events),
+            None => tracing::debug!(call, "unbridge: not bridged"),
+        },
     }
+}
+
+fn start_bridge(
+    caller: CallId,
+    operator: CallId,
+    record: Option<PathBuf>,
+    legs: &HashMap<CallId, Leg>,
+    bridges: &mut Vec<ActiveBridge>,
+    events: &mpsc::UnboundedSender<MediaEvent>,
+) {
+    let refuse = |why: &str| {
+        tracing::warn!(caller, operator, "cannot bridge: {why}");
+        if record.is_some() {
+            let _ = events.send(MediaEvent::ConversationRecorded {
+                caller,
+                operator,
+                result: Err(format!("not bridged: {why}")),
+            });
+        }
+        let _ = events.send(MediaEvent::BridgeEnded { caller, operator });
+    };
+    if caller == operator {
+        return refuse("a leg cannot be bridged to itself");
+    }
+    let (Some(c), Some(o)) = (legs.get(&caller), legs.get(&operator)) else {
+        return refuse("no such leg");
+    };
+    if bridges.iter().any(|b| b.has(caller) || b.has(operator)) {
+        return refuse("a leg is already bridged");
+    }
+    let recording = match record {
+        None => BridgeRecording::None,
+        Some(path) => {
+            let config = RecorderConfig {
+                channels: Channels::Stereo,
+                ..RecorderConfig::default()
+            };
+            match WavRecorder::create(&path, config) {
+                Ok(w) => BridgeRecording::Writing(w),
+                Err(e) => {
+                    // The conversation matters more than its recording: bridge anyway.
+                    tracing::error!(caller, operator, "cannot record conversation: {e}");
+                    let _ = events.send(MediaEvent::ConversationRecorded {
+                        caller,
+                        operator,
+                        result: Err(e.to_string()),
+                    });
+                    BridgeRecording::None
+                }
+            }
+        }
+    };
+    for leg in [c, o] {
+        let mut sh = lock(&leg.shared);
+        sh.session.stop_playback();
+        sh.session.start_relay();
+    }
+    tracing::info!(caller, operator, "bridged");
+    bridges.push(ActiveBridge {
+        caller,
+        operator,
+        core: Bridge::new(JitterConfig::default()),
+        recording,
+    });
+}
+
+/// One clock tick of a bridge: received audio and digits in, each leg's frame out.
+fn tick_bridge(b: &mut ActiveBridge, legs: &HashMap<CallId, Leg>) {
+    let (Some(c), Some(o)) = (legs.get(&b.caller), legs.get(&b.operator)) else {
+        return;
+    };
+    // The only place two legs are locked at once (receive tasks lock one), always
+    // caller first: no deadlock.
+    let mut c = lock(&c.shared);
+    let mut o = lock(&o.shared);
+    let core = &mut b.core;
+    c.session
+        .drain_relay_audio(|pcm| core.push_audio(Side::Caller, pcm));
+    o.session
+        .drain_relay_audio(|pcm| core.push_audio(Side::Operator, pcm));
+    relay_digits(core, Side::Caller, &mut c.session, &mut o.session);
+    relay_digits(core, Side::Operator, &mut o.session, &mut c.session);
+    let tick = core.tick();
+    o.session.set_relay_frame(tick.caller);
+    c.session.set_relay_frame(tick.operator);
+}
+
+fn relay_digits(core: &mut Bridge, from: Side, src: &mut MediaSession, dst: &mut MediaSession) {
+    while let Some(d) = src.poll_relay_digit() {
+        if let Some(r) = core.forward_digit(from, &d, dst.has_telephone_event()) {
+            dst.send_digit(r.digit, r.duration_ms, r.mode);
+        }
+    }
+}
+
+/// Writes the latest tick's pair of frames: both channels advance together.
+fn record_bridge(b: &mut ActiveBridge) {
+    let BridgeRecording::Writing(w) = &mut b.recording else {
+        return;
+    };
+    let tick = b.core.last_tick();
+    if let Err(e) = w.write_stereo(tick.caller, tick.operator) {
+        tracing::error!(b.caller, b.operator, "conversation recording failed: {e}");
+        let old = std::mem::replace(&mut b.recording, BridgeRecording::None);
+        if let BridgeRecording::Writing(w) = old {
+            b.recording = BridgeRecording::Failed(w, e.to_string());
+        }
+    }
+}
+
+fn end_bridge(
+    b: ActiveBridge,
+    legs: &HashMap<CallId, Leg>,
+    events: &mpsc::UnboundedSender<MediaEvent>,
+) {
+    let ActiveBridge {
+        caller,
+        operator,
+        core,
+        recording,
+    } = b;
+    for call in [caller, operator] {
+        if let Some(leg) = legs.get(&call) {
+            lock(&leg.shared).session.stop_relay();
+        }
+    }
+    let (c, o) = (core.stats(Side::Caller), core.stats(Side::Operator));
+    tracing::info!(
+        caller,
+        operator,
+        ticks = core.ticks(),
+        caller_silent_ticks = c.silent_ticks,
+        caller_underruns = c.underruns,
+        caller_dropped_ms = c.dropped_samples / 8,
+        operator_silent_ticks = o.silent_ticks,
+        operator_underruns = o.underruns,
+        operator_dropped_ms = o.dropped_samples / 8,
+        "bridge ended"
+    );
+    let writer = match recording {
+        BridgeRecording::None => None,
+        BridgeRecording::Writing(w) => Some((w, None)),
+        BridgeRecording::Failed(w, e) => Some((w, Some(e))),
+    };
+    let Some((writer, failed)) = writer else {
+        let _ = events.send(MediaEvent::BridgeEnded { caller, operator });
+        return;
+    };
+    // fsync and hashing take long for an hour of stereo: not on the clock's task.
+    let events = events.clone();
+    tokio::task::spawn_blocking(move || {
+        let finished = writer.finish().map_err(|e| e.to_string());
+        let result = match (failed, finished) {
+            (None, r) => r,
+            (Some(e), Ok(info)) => Err(format!(
+                "{e} (audio up to the failure kept in {})",
+                info.path.display()
+            )),
+            (Some(e), Err(f)) => Err(format!("{e}; then {f}")),
+        };
+        let _ = events.send(MediaEvent::ConversationRecorded {
+            caller,
+            operator,
+            result,
+        });
+        let _ = events.send(MediaEvent::BridgeEnded { caller, operator });
+    });
 }
 
 async fn receive(

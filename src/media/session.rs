@@ -3,7 +3,9 @@
 //!
 //! Owns the per-call pipeline: prompt playback with barge-in, outgoing DTMF (RFC 4733
 //! events or in-band tones), reorder buffer -> G.711 decode -> in-band detection ->
-//! voicemail recording with its stop rules. The caller of this type owns the socket
+//! voicemail recording with its stop rules, and the relay tap used while the call is
+//! bridged to another leg (received audio and digits kept for the engine, the other
+//! party's audio sent in this leg's codec). The caller of this type owns the socket
 //! and the clock: `on_rtp` takes a received packet, `on_tick` fills the next packet
 //! to send, events come out of `poll_event`. Must not know about SIP or the IVR.
 
@@ -51,6 +53,39 @@ struct Recording {
     stop: VoicemailStop,
 }
 
+/// Received audio kept for the bridge between two ticks: 200 ms (the engine takes it
+/// every 20 ms; more only piles up while the engine stalls, and the oldest goes).
+const RELAY_BACKLOG: usize = 1600;
+/// Digits kept for the bridge between two ticks.
+const RELAY_DIGITS: usize = 16;
+
+/// The session's side of a bridge. Allocated when the bridge starts, never per packet.
+struct Relay {
+    /// Decoded audio received since the engine last took it.
+    received: Vec<i16>,
+    digits: VecDeque<DigitEvent>,
+    /// The other party's audio for the next tick, in this leg's codec.
+    next: Option<[u8; SAMPLES_PER_FRAME as usize]>,
+}
+
+impl Relay {
+    fn push_audio(&mut self, pcm: &[i16]) {
+        let pcm = &pcm[pcm.len().saturating_sub(RELAY_BACKLOG)..];
+        let excess = (self.received.len() + pcm.len()).saturating_sub(RELAY_BACKLOG);
+        if excess > 0 {
+            self.received.drain(..excess);
+        }
+        self.received.extend_from_slice(pcm);
+    }
+
+    fn push_digit(&mut self, d: DigitEvent) {
+        if self.digits.len() == RELAY_DIGITS {
+            self.digits.pop_front();
+        }
+        self.digits.push_back(d);
+    }
+}
+
 pub struct MediaSession {
     codec: Codec,
     telephone_event_pt: Option<u8>,
@@ -67,6 +102,7 @@ pub struct MediaSession {
     inband: Option<InbandDetector>,
     rfc4733: Rfc4733Receiver,
     recording: Option<Recording>,
+    relay: Option<Box<Relay>>,
     /// Media time of received audio in ms (frames decoded × 20 ms).
     rx_ms: u64,
     events: VecDeque<SessionEvent>,
@@ -91,6 +127,7 @@ impl MediaSession {
             inband: inband.then(InbandDetector::default),
             rfc4733: Rfc4733Receiver::default(),
             recording: None,
+            relay: None,
             rx_ms: 0,
             events: VecDeque::new(),
             packets_received: 0,
@@ -114,6 +151,11 @@ impl MediaSession {
 
     pub fn codec(&self) -> Codec {
         self.codec
+    }
+
+    /// Whether the peer negotiated telephone-event (RFC 4733).
+    pub fn has_telephone_event(&self) -> bool {
+        self.telephone_event_pt.is_some()
     }
 
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
@@ -171,6 +213,8 @@ impl MediaSession {
     /// returns a packet: silence when nothing plays, so NAT bindings stay open and the
     /// caller never hears dead air as a dropped line.
     pub fn on_tick(&mut self, out: &mut [u8; MAX_PACKET]) -> usize {
+        // Taken every tick, so a relayed frame is never sent late.
+        let relayed = self.relay.as_mut().and_then(|r| r.next.take());
         if let (Some((payload, marker)), Some(pt)) =
             (self.events_out.front().copied(), self.telephone_event_pt)
         {
@@ -205,6 +249,9 @@ impl MediaSession {
             if let Some(token) = self.play_token.take() {
                 self.events.push_back(SessionEvent::PlayFinished(token));
             }
+        }
+        if let Some(frame) = relayed {
+            return self.rtp.build(pt, &frame, out);
         }
         let silence = [self.codec.silence_byte(); SAMPLES_PER_FRAME as usize];
         self.rtp.build(pt, &silence, out)
@@ -244,6 +291,7 @@ impl MediaSession {
                 self.rx_ms,
                 &mut self.inband,
                 &mut self.recording,
+                &mut self.relay,
                 &mut self.events,
             );
             self.rx_ms += (self.pcm.len() as u64) / 8;
@@ -255,12 +303,19 @@ impl MediaSession {
         at_ms: u64,
         inband: &mut Option<InbandDetector>,
         recording: &mut Option<Recording>,
+        relay: &mut Option<Box<Relay>>,
         events: &mut VecDeque<SessionEvent>,
     ) {
+        if let Some(r) = relay.as_mut() {
+            r.push_audio(pcm);
+        }
         let mut stop_for_digit = None;
         if let Some(det) = inband.as_mut() {
             for d in det.push(pcm, at_ms) {
                 events.push_back(SessionEvent::Digit(*d));
+                if let Some(r) = relay.as_mut() {
+                    r.push_digit(*d);
+                }
                 if let Some(r) = recording.as_mut() {
                     stop_for_digit = stop_for_digit.or(r.stop.push_digit(d.digit));
                 }
@@ -282,6 +337,9 @@ impl MediaSession {
             .as_mut()
             .and_then(|r| r.stop.push_digit(d.digit));
         self.events.push_back(SessionEvent::Digit(d));
+        if let Some(r) = self.relay.as_mut() {
+            r.push_digit(d);
+        }
         if let Some(stop) = stop {
             Self::finish(
                 &mut self.recording,
@@ -301,6 +359,60 @@ impl MediaSession {
             duration_ms,
         };
         self.digit(d);
+    }
+
+    // ---- bridging -------------------------------------------------------------
+
+    /// The call is bridged to another leg: from now on received audio and digits are
+    /// kept for [`drain_relay_audio`](Self::drain_relay_audio) and
+    /// [`poll_relay_digit`](Self::poll_relay_digit), and frames given to
+    /// [`set_relay_frame`](Self::set_relay_frame) are sent, starting a new talkspurt.
+    /// Prompts, queued digits and events still go first while they last.
+    pub fn start_relay(&mut self) {
+        if self.relay.is_none() {
+            self.relay = Some(Box::new(Relay {
+                received: Vec::with_capacity(RELAY_BACKLOG),
+                digits: VecDeque::with_capacity(RELAY_DIGITS),
+                next: None,
+            }));
+            self.rtp.mark_talkspurt();
+        }
+    }
+
+    /// The bridge ended: back to silence when nothing plays.
+    pub fn stop_relay(&mut self) {
+        self.relay = None;
+    }
+
+    pub fn is_relaying(&self) -> bool {
+        self.relay.is_some()
+    }
+
+    /// Hands the audio received (decoded, in order, lost packets as silence) since the
+    /// last call to `sink`, then forgets it. Nothing when not relaying.
+    pub fn drain_relay_audio(&mut self, sink: impl FnOnce(&[i16])) {
+        if let Some(r) = self.relay.as_mut() {
+            sink(&r.received);
+            r.received.clear();
+        }
+    }
+
+    /// A digit received since the last call (also reported as `SessionEvent::Digit`).
+    pub fn poll_relay_digit(&mut self) -> Option<DigitEvent> {
+        self.relay.as_mut().and_then(|r| r.digits.pop_front())
+    }
+
+    /// The other party's audio for the next tick, encoded here in this leg's codec.
+    /// Ignored when not relaying.
+    pub fn set_relay_frame(&mut self, pcm: &[i16; SAMPLES_PER_FRAME as usize]) {
+        let codec = self.codec;
+        if let Some(r) = self.relay.as_mut() {
+            let mut frame = [0u8; SAMPLES_PER_FRAME as usize];
+            for (b, &s) in frame.iter_mut().zip(pcm) {
+                *b = g711::encode_sample(codec, s);
+            }
+            r.next = Some(frame);
+        }
     }
 
     // ---- recording ------------------------------------------------------------
@@ -469,6 +581,114 @@ mod tests {
         assert_eq!(info.duration_ms, 2000);
         let reader = hound::WavReader::open(&path).unwrap();
         assert_eq!(reader.len(), 16000);
+    }
+
+    #[test]
+    fn relay_sends_the_other_partys_audio_in_this_legs_codec() {
+        let mut s = MediaSession::new(Codec::Pcma, None, false);
+        let mut out = [0u8; MAX_PACKET];
+        s.on_tick(&mut out);
+        // Not relaying: a frame given is ignored, silence goes out.
+        s.set_relay_frame(&[1000; 160]);
+        let n = s.on_tick(&mut out);
+        assert!(out[12..n].iter().all(|&b| b == Codec::Pcma.silence_byte()));
+        s.start_relay();
+        assert!(s.is_relaying());
+        let pcm: [i16; 160] = std::array::from_fn(|i| (i as i16 - 80) * 100);
+        s.set_relay_frame(&pcm);
+        let n = s.on_tick(&mut out);
+        let p = rtp_rs::RtpReader::new(&out[..n]).unwrap();
+        assert!(p.mark(), "a new talkspurt starts with the bridge");
+        assert_eq!(p.payload_type(), 8);
+        let mut back = Vec::new();
+        g711::decode_into(Codec::Pcma, p.payload(), &mut back);
+        for (a, b) in pcm.iter().zip(&back) {
+            assert!((a - b).abs() <= 300, "{a} {b}");
+        }
+        let (seq, ts) = (u16::from(p.sequence_number()), p.timestamp());
+        // No frame for a tick: silence, same stream, no marker.
+        let n = s.on_tick(&mut out);
+        let q = rtp_rs::RtpReader::new(&out[..n]).unwrap();
+        assert!(!q.mark());
+        assert_eq!(u16::from(q.sequence_number()), seq.wrapping_add(1));
+        assert_eq!(q.timestamp(), ts.wrapping_add(160));
+        assert!(q.payload().iter().all(|&b| b == Codec::Pcma.silence_byte()));
+        s.stop_relay();
+        s.set_relay_frame(&pcm);
+        let n = s.on_tick(&mut out);
+        assert!(out[12..n].iter().all(|&b| b == Codec::Pcma.silence_byte()));
+    }
+
+    #[test]
+    fn relay_keeps_received_audio_and_digits_until_taken() {
+        let mut s = MediaSession::new(Codec::Pcmu, Some(101), false);
+        let mut peer = RtpSender::new(5, 100, 0);
+        let mut taken = Vec::new();
+        // Before the bridge nothing is kept.
+        s.on_rtp(&packet(&mut peer, 0, &[0x80; 160]), 0);
+        s.start_relay();
+        s.drain_relay_audio(|pcm| taken.extend_from_slice(pcm));
+        assert!(taken.is_empty());
+        for t in 1..=3 {
+            s.on_rtp(&packet(&mut peer, 0, &[0x80; 160]), t * 20);
+        }
+        s.drain_relay_audio(|pcm| taken.extend_from_slice(pcm));
+        assert_eq!(taken.len(), 480);
+        assert!(taken
+            .iter()
+            .all(|&x| x == g711::decode_sample(Codec::Pcmu, 0x80)));
+        taken.clear();
+        s.drain_relay_audio(|pcm| taken.extend_from_slice(pcm));
+        assert!(taken.is_empty(), "taken once");
+        // A stalled engine: only the newest 200 ms are kept.
+        for t in 4..30 {
+            s.on_rtp(&packet(&mut peer, 0, &[0x80; 160]), t * 20);
+        }
+        s.drain_relay_audio(|pcm| taken.extend_from_slice(pcm));
+        assert_eq!(taken.len(), RELAY_BACKLOG);
+        s.on_info_digit('7', 100);
+        assert_eq!(s.poll_relay_digit().map(|d| d.digit), Some('7'));
+        assert!(s.poll_relay_digit().is_none());
+        let reported = std::iter::from_fn(|| s.poll_event())
+            .filter(|e| matches!(e, SessionEvent::Digit(d) if d.digit == '7'))
+            .count();
+        assert_eq!(reported, 1, "still reported for this leg");
+    }
+
+    #[test]
+    fn prompts_and_digits_go_before_relayed_audio() {
+        let mut s = MediaSession::new(Codec::Pcmu, None, false);
+        let mut out = [0u8; MAX_PACKET];
+        s.start_relay();
+        let loud = [8000i16; 160];
+        let relayed_byte = g711::encode_sample(Codec::Pcmu, 8000);
+        let prompt = Arc::new(Prompt::new(PromptAudio::new("p", vec![-3000; 320])));
+        s.play(1, vec![prompt], false);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            s.set_relay_frame(&loud);
+            let n = s.on_tick(&mut out);
+            got.push(out[12..n].iter().all(|&b| b == relayed_byte));
+        }
+        assert_eq!(
+            got,
+            [false, false, true, true],
+            "prompt first, then the other party"
+        );
+        // An in-band digit replaces the relayed audio while its tone and pause last.
+        s.send_digit('5', 100, DtmfMode::Inband);
+        let mut relayed = 0;
+        for _ in 0..10 {
+            s.set_relay_frame(&loud);
+            let n = s.on_tick(&mut out);
+            if out[12..n].iter().all(|&b| b == relayed_byte) {
+                relayed += 1;
+            }
+        }
+        assert_eq!(relayed, 0);
+        s.set_relay_frame(&loud);
+        let n = s.on_tick(&mut out);
+        assert!(out[12..n].iter().all(|&b| b == relayed_byte));
     }
 
     #[test]
