@@ -133,10 +133,12 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
             .create(dir);
     }
     // Created private before SQLite opens it; its -wal and -shm files copy the mode.
+    // Only a new file: closing any descriptor of an open database drops every POSIX
+    // lock this process holds on it, and another process would then take the WAL
+    // for abandoned and delete it under a running server.
     let _ = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .mode(0o600)
         .open(path);
     let conn = Connection::open(path)?;
