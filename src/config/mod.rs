@@ -68,7 +68,7 @@ impl Default for OperatorsConfig {
             auth_failure_window_s: 600,
             lockout_s: 900,
             nonce_lifetime_s: 300,
-            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            digest_algorithms: vec!["MD5".into()],
         }
     }
 }

@@ -1,0 +1,784 @@
+//! Operators and the queue end to end against the real binary: independent phones
+//! (baresip, SIPp) register as operators with digest authentication and take queued
+//! callers placed with `hotline call`; announcements, ring timeouts, misses, wrap-up,
+//! bridging, conversation recordings and every way to voicemail are checked in the
+//! database and in what each side heard.
+
+mod common;
+
+use common::{
+    baresip_command, baresip_interface_args, free_udp_port, read_wav, require_tool, Server,
+};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One question (zone, answered with 1 or 2), then the queue; voicemail when the
+/// queue gives up. Short prompts so the tests spend their time in the queue.
+fn queue_flow(dir: &Path) -> String {
+    let flow = r##"
+[flow]
+start = "zone"
+first_digit_timeout = 5
+inter_digit_timeout = 3
+total_timeout = 20
+retries = 1
+invalid_prompt = "invalid_key"
+timeout_prompt = "no_input"
+fallback = "operator_queue"
+
+[nodes.zone]
+type = "menu"
+prompts = ["language_note"]
+options = { "1" = "operator_queue", "2" = "operator_queue" }
+store_as = "zone"
+
+[nodes.operator_queue]
+type = "queue"
+prompts = ["beep"]
+fallback = "voicemail"
+
+[nodes.voicemail]
+type = "record"
+prompts = ["language_note"]
+beep = true
+max_seconds = 5
+silence_seconds = 3
+finish_keys = "#"
+confirm_prompt = "message_saved"
+failure_prompt = "message_not_saved"
+next = "goodbye"
+fallback = "goodbye"
+
+[nodes.goodbye]
+type = "hangup"
+prompts = ["goodbye"]
+"##;
+    let path = dir.join("ivr-queue.toml");
+    std::fs::write(&path, flow).expect("write flow");
+    format!("ivr.flow=\"{}\"", path.display())
+}
+
+fn start_server(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = queue_flow(dir.path());
+    let mut args = vec![
+        flow.as_str(),
+        "privacy.caller_id=keep",
+        "rtp.ports=\"30000-30999\"",
+        "limits.max_calls=100",
+    ];
+    args.extend_from_slice(extra);
+    Server::start_in(dir, &args)
+}
+
+fn add_operator(server: &Server, name: &str, password: &str) -> String {
+    let out = server.cli(&["operator", "add", name, "--password", password, "--json"]);
+    assert!(
+        out.status.success(),
+        "operator add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("operator add json");
+    v["sip_username"]
+        .as_str()
+        .expect("sip_username")
+        .to_string()
+}
+
+fn queue_view(server: &Server) -> Value {
+    let out = server.cli(&["queue", "--json"]);
+    assert!(
+        out.status.success(),
+        "hotline queue: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("queue json")
+}
+
+fn operator_state(server: &Server, name: &str) -> Option<String> {
+    queue_view(server)["operators"]
+        .as_array()?
+        .iter()
+        .find(|o| o["name"] == name)
+        .and_then(|o| o["state"].as_str().map(str::to_string))
+}
+
+fn wait_state(server: &Server, name: &str, state: &str, timeout: Duration) {
+    let until = Instant::now() + timeout;
+    loop {
+        let now = operator_state(server, name);
+        if now.as_deref() == Some(state) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{name} is {now:?}, expected {state}; queue: {}\nlog:\n{}\n",
+            queue_view(server),
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn set_state(server: &Server, name: &str, state: &str) {
+    let out = server.cli(&["operator", "state", name, state]);
+    assert!(
+        out.status.success(),
+        "operator state: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A caller: `hotline call` playing speech, recording what it hears.
+struct Caller {
+    child: Child,
+}
+
+impl Caller {
+    fn dial(server: &Server, dir: &Path, tag: &str, dtmf: &str, hangup_after: u32) -> Caller {
+        let heard = dir.join(format!("{tag}-heard.wav"));
+        let child = Command::new(common::bin())
+            .arg("call")
+            .arg(format!("sip:hotline@{}", server.udp))
+            .args(["--dtmf", dtmf])
+            .args(["--hangup-after", &hangup_after.to_string()])
+            .arg("--play")
+            .arg(root().join("tests/data/speech_ru_festival.wav"))
+            .arg("--record")
+            .arg(&heard)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hotline call");
+        Caller { child }
+    }
+
+    fn finish(self, timeout: Duration) -> Value {
+        let mut child = self.child;
+        let until = Instant::now() + timeout;
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("caller did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().expect("caller output");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("summary: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// An operator's softphone: baresip registering with digest auth, answering at once,
+/// sending a steady tone as its voice and recording what it hears.
+struct Operator {
+    child: Child,
+    dir: tempfile::TempDir,
+    ctrl: u16,
+}
+
+const OPERATOR_TONE_HZ: f64 = 1777.0;
+
+impl Operator {
+    fn start(server: &Server, user: &str, password: &str) -> Operator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        let tone = p.join("src.wav");
+        write_tone(&tone, OPERATOR_TONE_HZ, 90.0);
+        for f in ["play.wav", "alert.wav"] {
+            write_tone(&p.join(f), 440.0, 0.1);
+        }
+        std::fs::create_dir_all(p.join("snd")).expect("snd");
+        let ctrl = free_udp_port();
+        let sip = free_udp_port();
+        let config = format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip}\naudio_player aufile,{d}/play.wav\naudio_source aufile,{d}/src.wav\naudio_alert aufile,{d}/alert.wav\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule sndfile.so\nsnd_path {d}/snd\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n",
+            d = p.display()
+        );
+        std::fs::write(p.join("config"), config).expect("config");
+        std::fs::write(
+            p.join("accounts"),
+            format!(
+                "<sip:{user}@{}>;auth_pass={password};regint=600;answermode=auto\n",
+                server.udp
+            ),
+        )
+        .expect("accounts");
+        let child = Command::new("baresip")
+            .args(baresip_interface_args())
+            .arg("-f")
+            .arg(p)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(p.join("baresip.log")).expect("log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("baresip");
+        Operator { child, dir, ctrl }
+    }
+
+    fn hang_up(&self) {
+        baresip_command(self.ctrl, "hangup", "");
+    }
+
+    /// Every WAV baresip wrote of what it heard (one per call).
+    fn heard(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("snd"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|f| f.to_string_lossy().ends_with("-dec.wav"));
+        files.sort();
+        files
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_tone(path: &Path, hz: f64, seconds: f64) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).expect("wav");
+    for i in 0..(seconds * 8000.0) as usize {
+        let t = i as f64 / 8000.0;
+        w.write_sample((8000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16)
+            .expect("sample");
+    }
+    w.finalize().expect("finalize");
+}
+
+/// Seconds of 20 ms frames in which `hz` carries most of the energy.
+fn tone_seconds(samples: &[i16], hz: f64) -> f64 {
+    let n = 160;
+    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
+    let frames = samples
+        .chunks_exact(n)
+        .filter(|frame| {
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            let mut energy = 0.0f64;
+            for &x in *frame {
+                let x = x as f64;
+                energy += x * x;
+                let s0 = x + k * s1 - s2;
+                s2 = s1;
+                s1 = s0;
+            }
+            let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+            // A pure tone's Goertzel power is energy * n / 2.
+            energy / n as f64 > 100.0 * 100.0 && power > 0.6 * energy * n as f64 / 2.0
+        })
+        .count();
+    frames as f64 * 0.02
+}
+
+fn rms(samples: &[i16]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    (samples.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
+}
+
+/// Both channels of a stereo WAV.
+fn read_stereo(path: &Path) -> (Vec<i16>, Vec<i16>) {
+    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(r.spec().channels, 2, "{} is not stereo", path.display());
+    let all: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
+    let left = all.iter().step_by(2).copied().collect();
+    let right = all.iter().skip(1).step_by(2).copied().collect();
+    (left, right)
+}
+
+fn inbound(calls: &[Value]) -> Vec<Value> {
+    let mut v: Vec<Value> = calls
+        .iter()
+        .filter(|c| c["direction"] == "inbound")
+        .cloned()
+        .collect();
+    v.sort_by_key(|c| c["id"].as_i64());
+    v
+}
+
+fn events<'a>(call: &'a Value, kind: &str) -> Vec<&'a Value> {
+    call["queue"]["events"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["kind"] == kind).collect())
+        .unwrap_or_default()
+}
+
+/// Seconds since midnight of an RFC 3339 UTC timestamp (the tests run within
+/// minutes; differences across midnight are not expected).
+fn at(v: &Value) -> f64 {
+    let s = v.as_str().expect("timestamp");
+    let clock = s
+        .split('T')
+        .nth(1)
+        .expect("time part")
+        .trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let sec: f64 = parts.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + sec
+}
+
+/// The acceptance walk: two operators, three callers.
+#[test]
+fn operators_take_queued_callers_in_turn() {
+    if !require_tool("baresip") {
+        return;
+    }
+    let server = start_server(&[
+        "queue.ring_timeout_s=10",
+        "queue.wrap_up_s=2",
+        "queue.announce_interval_s=30",
+        "queue.announce_min_interval_s=1",
+    ]);
+    let anna = add_operator(&server, "Anna", "anna-secret-1");
+    let boris = add_operator(&server, "Boris", "boris-secret-2");
+    let op_a = Operator::start(&server, &anna, "anna-secret-1");
+    wait_state(&server, "Anna", "available", Duration::from_secs(10));
+    // Boris registers later, so Anna has been idle longest.
+    std::thread::sleep(Duration::from_millis(300));
+    let op_b = Operator::start(&server, &boris, "boris-secret-2");
+    wait_state(&server, "Boris", "available", Duration::from_secs(10));
+    let view = queue_view(&server);
+    assert!(
+        view["operators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["contacts"] == 1),
+        "{view}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c1 = Caller::dial(&server, dir.path(), "c1", "1@0.5", 60);
+    wait_state(&server, "Anna", "on_call", Duration::from_secs(15));
+    assert_eq!(
+        operator_state(&server, "Boris").as_deref(),
+        Some("available")
+    );
+
+    // Boris pauses: the next two callers wait and hear where they stand.
+    set_state(&server, "Boris", "paused");
+    wait_state(&server, "Boris", "paused", Duration::from_secs(2));
+    let c2 = Caller::dial(&server, dir.path(), "c2", "2@0.5", 60);
+    std::thread::sleep(Duration::from_millis(700));
+    let c3 = Caller::dial(&server, dir.path(), "c3", "1@0.5", 60);
+    let until = Instant::now() + Duration::from_secs(15);
+    while queue_view(&server)["callers"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 2
+    {
+        assert!(Instant::now() < until, "callers 2 and 3 never queued");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Long enough for both announcements to be heard.
+    std::thread::sleep(Duration::from_secs(4));
+
+    set_state(&server, "Boris", "available");
+    wait_state(&server, "Boris", "on_call", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(4));
+
+    // Anna ends her conversation; after wrap-up she gets caller 3.
+    op_a.hang_up();
+    wait_state(&server, "Anna", "wrap_up", Duration::from_secs(5));
+    wait_state(&server, "Anna", "on_call", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(4));
+    op_a.hang_up();
+    op_b.hang_up();
+
+    let s1 = c1.finish(Duration::from_secs(15));
+    let s2 = c2.finish(Duration::from_secs(15));
+    let s3 = c3.finish(Duration::from_secs(15));
+    for s in [&s1, &s2, &s3] {
+        assert_eq!(s["answered"], true, "{s}");
+        assert_eq!(
+            s["end_reason"], "caller-bye",
+            "the hotline (the peer) hung up after the operator: {s}"
+        );
+    }
+
+    let calls = server.wait_calls(Duration::from_secs(10), |c| {
+        let ins = inbound(c);
+        ins.len() == 3
+            && ins.iter().all(|c| {
+                c["queue"]["talk_ms"].is_i64()
+                    && c["recordings"].as_array().is_some_and(|r| !r.is_empty())
+            })
+    });
+    let ins = inbound(&calls);
+    assert_eq!(ins.len(), 3, "{calls:#?}");
+    let (q1, q2, q3) = (&ins[0], &ins[1], &ins[2]);
+
+    // Caller 1 went to the longest-idle operator, Anna, first.
+    let offered = events(q1, "offered");
+    assert_eq!(offered[0]["operator"], "Anna", "{q1:#}");
+    assert_eq!(q1["queue"]["operator"], "Anna", "{q1:#}");
+    assert_eq!(q1["queue"]["outcome"], "answered");
+    assert_eq!(q1["answers"]["zone"], "1");
+
+    // Callers 2 and 3 heard their positions.
+    let pos2: Vec<i64> = events(q2, "position_announced")
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    let pos3: Vec<i64> = events(q3, "position_announced")
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(pos2.first(), Some(&1), "{q2:#}");
+    assert_eq!(pos3.first(), Some(&2), "{q3:#}");
+    assert!(pos3.contains(&1), "caller 3 hears the improvement: {q3:#}");
+    assert_eq!(q2["queue"]["operator"], "Boris", "{q2:#}");
+    assert_eq!(q3["queue"]["operator"], "Anna", "{q3:#}");
+
+    // Caller 3 was offered only after caller 1's conversation and Anna's wrap-up.
+    let c1_end = at(&q1["ended_at"]);
+    let c3_offer = at(&events(q3, "offered")[0]["at"]);
+    let gap = c3_offer - c1_end;
+    assert!(
+        (1.8..5.0).contains(&gap),
+        "offer {gap:.2} s after the hang-up"
+    );
+
+    // Audio went both ways: each caller heard its operator's tone; each operator
+    // heard speech; the stereo recording holds both voices.
+    for (tag, c) in [("c1", &q1), ("c2", &q2), ("c3", &q3)] {
+        let heard = read_wav(&dir.path().join(format!("{tag}-heard.wav")));
+        let secs = tone_seconds(&heard, OPERATOR_TONE_HZ);
+        assert!(secs > 2.0, "{tag} heard the operator for {secs:.2} s");
+        let rec = c["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "conversation")
+            .unwrap_or_else(|| panic!("{tag}: no conversation recording: {c:#}"));
+        let (left, right) = read_stereo(Path::new(rec["path"].as_str().unwrap()));
+        assert!(
+            rms(&left) > 300.0,
+            "{tag}: caller channel silent ({:.0})",
+            rms(&left)
+        );
+        let tone = tone_seconds(&right, OPERATOR_TONE_HZ);
+        assert!(
+            tone > 2.0,
+            "{tag}: operator channel holds {tone:.2} s of the operator"
+        );
+        assert!(
+            tone_seconds(&left, OPERATOR_TONE_HZ) < 0.2,
+            "{tag}: the operator leaks into the caller channel"
+        );
+    }
+    let heard_a = op_a.heard();
+    let heard_b = op_b.heard();
+    assert_eq!(heard_a.len(), 2, "Anna took two calls: {heard_a:?}");
+    assert_eq!(heard_b.len(), 1, "Boris took one call: {heard_b:?}");
+    for f in heard_a.iter().chain(&heard_b) {
+        let s = read_wav(f);
+        assert!(
+            rms(&s) > 300.0,
+            "{} is silent ({:.0})",
+            f.display(),
+            rms(&s)
+        );
+    }
+    server.assert_no_panic();
+}
+
+fn sipp_register(server: &Server, user: &str, password: &str, uas_port: u16) {
+    let port = free_udp_port();
+    let out = Command::new("sipp")
+        .arg(server.udp.to_string())
+        .args([
+            "-sf",
+            root().join("tests/sipp/register.xml").to_str().unwrap(),
+        ])
+        .args(["-m", "1", "-s", user, "-au", user, "-ap", password])
+        .args([
+            "-key",
+            "uas_port",
+            &uas_port.to_string(),
+            "-key",
+            "expires",
+            "300",
+        ])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-timeout", "10s", "-timeout_error", "-nostdin"])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("sipp");
+    assert!(
+        out.status.success(),
+        "registration of {user} failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A SIPp phone listening for offers on `port`.
+struct SippPhone(Child);
+
+impl SippPhone {
+    fn start(scenario: &str, port: u16, extra: &[&str]) -> SippPhone {
+        let media = free_udp_port();
+        let child = Command::new("sipp")
+            .args([
+                "-sf",
+                root().join("tests/sipp").join(scenario).to_str().unwrap(),
+            ])
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-mp", &media.to_string(), "-nostdin"])
+            .args(extra)
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp");
+        SippPhone(child)
+    }
+}
+
+impl Drop for SippPhone {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An operator who lets the phone ring: the caller moves on to the next operator,
+/// and after `max_misses` unanswered offers the operator is paused.
+#[test]
+fn unanswered_offers_move_on_and_pause_the_operator() {
+    if !require_tool("sipp") {
+        return;
+    }
+    let server = start_server(&[
+        "queue.ring_timeout_s=2",
+        "queue.max_misses=2",
+        "queue.wrap_up_s=1",
+        "queue.announce_interval_s=0",
+    ]);
+    let nora = add_operator(&server, "Nora", "nora-secret-1");
+    let anna = add_operator(&server, "Anna", "anna-secret-1");
+    let nora_port = free_udp_port();
+    let anna_port = free_udp_port();
+    let _nora_phone = SippPhone::start("operator-noanswer.xml", nora_port, &[]);
+    let _anna_phone = SippPhone::start(
+        "operator-answer.xml",
+        anna_port,
+        &["-d", "300", "-rtp_echo"],
+    );
+    sipp_register(&server, &nora, "nora-secret-1", nora_port);
+    std::thread::sleep(Duration::from_millis(300));
+    sipp_register(&server, &anna, "anna-secret-1", anna_port);
+    wait_state(&server, "Anna", "available", Duration::from_secs(5));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Caller 1: Nora (idle longest) does not answer; Anna does.
+    let c1 = Caller::dial(&server, dir.path(), "c1", "1@0.5", 12);
+    wait_state(&server, "Anna", "on_call", Duration::from_secs(15));
+    // Caller 2 arrives while Anna talks: Nora misses again and is paused.
+    let c2 = Caller::dial(&server, dir.path(), "c2", "1@0.5", 14);
+    wait_state(&server, "Nora", "paused", Duration::from_secs(15));
+    let s1 = c1.finish(Duration::from_secs(20));
+    let s2 = c2.finish(Duration::from_secs(20));
+    assert_eq!(s1["answered"], true);
+    assert_eq!(s2["answered"], true);
+
+    let calls = server.wait_calls(Duration::from_secs(10), |c| {
+        let ins = inbound(c);
+        ins.len() == 2 && ins.iter().all(|c| c["ended_at"].is_string())
+    });
+    let ins = inbound(&calls);
+    let (q1, q2) = (&ins[0], &ins[1]);
+    let offered1: Vec<&Value> = events(q1, "offered")
+        .iter()
+        .map(|e| &e["operator"])
+        .collect();
+    assert_eq!(offered1, vec!["Nora", "Anna"], "{q1:#}");
+    let missed1 = events(q1, "offer_missed");
+    assert_eq!(missed1.len(), 1, "{q1:#}");
+    assert_eq!(missed1[0]["reason"], "timeout");
+    assert_eq!(q1["queue"]["operator"], "Anna");
+    let missed2 = events(q2, "offer_missed");
+    assert_eq!(missed2[0]["operator"], "Nora", "{q2:#}");
+    // The ring timeout is honoured: the miss comes 2 s after the offer.
+    let ring = at(&missed2[0]["at"]) - at(&events(q2, "offered")[0]["at"]);
+    assert!((1.9..3.0).contains(&ring), "rang {ring:.2} s");
+    // Caller 2 is served by Anna after her wrap-up, never by the paused Nora again.
+    assert_eq!(q2["queue"]["operator"], "Anna", "{q2:#}");
+    assert!(
+        events(q2, "offered")
+            .iter()
+            .filter(|e| e["operator"] == "Nora")
+            .count()
+            == 1
+    );
+    // The CANCELs reached the phone and the calls to it ended as cancelled.
+    let nora_legs: Vec<&Value> = calls
+        .iter()
+        .filter(|c| {
+            c["direction"] == "outbound" && c["to"].as_str().is_some_and(|t| t.contains(&nora))
+        })
+        .collect();
+    assert_eq!(nora_legs.len(), 2, "{calls:#?}");
+    let log = server.log_text();
+    assert!(log.contains("operator paused after missed calls"), "{log}");
+    server.assert_no_panic();
+}
+
+/// Nobody logged in, maximum wait, and the voicemail key all lead to a message.
+#[test]
+fn queue_overflows_to_voicemail() {
+    if !require_tool("sipp") {
+        return;
+    }
+    let server = start_server(&[
+        "queue.max_wait_s=3",
+        "queue.announce_interval_s=0",
+        "queue.voicemail_key=\"1\"",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Nobody registered yet.
+    let c = Caller::dial(&server, dir.path(), "nobody", "1@0.5", 9);
+    c.finish(Duration::from_secs(20));
+
+    // One operator registered but paused: the caller waits, then gives up waiting.
+    let anna = add_operator(&server, "Anna", "anna-secret-1");
+    sipp_register(&server, &anna, "anna-secret-1", free_udp_port());
+    wait_state(&server, "Anna", "available", Duration::from_secs(5));
+    set_state(&server, "Anna", "paused");
+    let c = Caller::dial(&server, dir.path(), "maxwait", "1@0.5", 11);
+    c.finish(Duration::from_secs(20));
+
+    // The caller presses the voicemail key while waiting.
+    let c = Caller::dial(&server, dir.path(), "key", "1@0.5,1@2.5", 9);
+    c.finish(Duration::from_secs(20));
+
+    let calls = server.wait_calls(Duration::from_secs(10), |c| {
+        let ins = inbound(c);
+        ins.len() == 3
+            && ins
+                .iter()
+                .all(|c| !c["recordings"].as_array().unwrap().is_empty())
+    });
+    let ins = inbound(&calls);
+    assert_eq!(ins.len(), 3, "{calls:#?}");
+    let expect = [
+        ("voicemail:no_operators", 0.0, 1.0),
+        ("voicemail:max_wait", 2.9, 3.6),
+        ("voicemail:caller_choice", 0.5, 2.9),
+    ];
+    for (call, (outcome, min_wait, max_wait)) in ins.iter().zip(expect) {
+        assert_eq!(call["queue"]["outcome"], outcome, "{call:#}");
+        let kinds: Vec<&str> = call["queue"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, vec!["joined", "overflowed"], "{call:#}");
+        let waited = call["queue"]["waited_ms"].as_f64().unwrap() / 1000.0;
+        assert!(
+            (min_wait..max_wait).contains(&waited),
+            "{outcome}: waited {waited:.2} s"
+        );
+        assert!(call["queue"]["operator"].is_null());
+        let rec = &call["recordings"][0];
+        assert_eq!(rec["kind"], "voicemail", "{call:#}");
+        assert!(rec["duration_ms"].as_i64().unwrap() > 1000, "{call:#}");
+        assert!(call["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "voicemail"));
+    }
+    server.assert_no_panic();
+}
+
+/// A caller who hangs up while waiting is recorded as abandoned with the wait time;
+/// the operator's phone shows the caller's answers.
+#[test]
+fn abandoned_caller_and_offer_headers() {
+    if !require_tool("sipp") {
+        return;
+    }
+    let server = start_server(&["queue.ring_timeout_s=30", "queue.announce_interval_s=0"]);
+    let anna = add_operator(&server, "Anna", "anna-secret-1");
+    let port = free_udp_port();
+    let trace_dir = tempfile::tempdir().expect("tempdir");
+    let mut phone = Command::new("sipp")
+        .args([
+            "-sf",
+            root()
+                .join("tests/sipp/operator-noanswer.xml")
+                .to_str()
+                .unwrap(),
+        ])
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-nostdin",
+            "-trace_msg",
+        ])
+        .current_dir(trace_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp");
+    sipp_register(&server, &anna, "anna-secret-1", port);
+    wait_state(&server, "Anna", "available", Duration::from_secs(5));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Caller::dial(&server, dir.path(), "gone", "2@0.5", 5);
+    wait_state(&server, "Anna", "ringing", Duration::from_secs(10));
+    c.finish(Duration::from_secs(15));
+    // The caller left: the ringing phone is cancelled and Anna is free again.
+    wait_state(&server, "Anna", "available", Duration::from_secs(5));
+    let calls = server.wait_calls(Duration::from_secs(10), |c| {
+        inbound(c)
+            .first()
+            .is_some_and(|c| c["queue"]["outcome"] == "abandoned")
+    });
+    let q = &inbound(&calls)[0];
+    assert_eq!(q["queue"]["outcome"], "abandoned", "{q:#}");
+    let waited = q["queue"]["waited_ms"].as_i64().unwrap();
+    assert!((1000..5000).contains(&waited), "waited {waited} ms");
+    assert_eq!(events(q, "abandoned").len(), 1);
+
+    let _ = phone.kill();
+    let _ = phone.wait();
+    let trace = std::fs::read_dir(trace_dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().ends_with("_messages.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .expect("sipp message trace");
+    assert!(trace.contains("X-Hotline-Answers: zone=2"), "{trace}");
+    let reference = q["reference"].as_str().expect("reference code");
+    assert!(
+        trace.contains(&format!("From: \"zone=2 ref {reference}\" <sip:hotline@")),
+        "{trace}"
+    );
+    assert!(trace.contains("CANCEL sip:"), "{trace}");
+    server.assert_no_panic();
+}
