@@ -236,7 +236,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 app.on_stored(call, ok, std::time::Instant::now());
             }
             Some(req) = control_rx.recv() => {
-                let reply = control(&mut app, &ep, &accounts, &names, req.command);
+                let reply = control(&mut app, &mut ep, &accounts, &names, req.command);
                 let _ = req.reply.send(reply);
             }
             Some(input) = net_rx.recv() => {
@@ -327,7 +327,7 @@ fn refresh_operator_names(conn: &rusqlite::Connection, names: &OperatorNames) {
 /// Answers one request of the local control socket.
 fn control(
     app: &mut App,
-    ep: &Endpoint,
+    ep: &mut Endpoint,
     accounts: &std::sync::Mutex<rusqlite::Connection>,
     names: &OperatorNames,
     command: ControlCommand,
@@ -394,6 +394,8 @@ fn control(
             if let Ok(conn) = accounts.lock() {
                 refresh_operator_names(&conn, names);
             }
+            let known = names.lock().map(|m| m.clone()).unwrap_or_default();
+            ep.forget_operators_except(&|user| known.contains_key(user));
             json!({"ok": true})
         }
     }

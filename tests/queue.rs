@@ -780,5 +780,15 @@ fn abandoned_caller_and_offer_headers() {
         "{trace}"
     );
     assert!(trace.contains("CANCEL sip:"), "{trace}");
+
+    // Removing the account ends its registration at once.
+    let out = server.cli(&["operator", "remove", "Anna"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The name is gone with the account; the SIP user shows offline.
+    wait_state(&server, &anna, "offline", Duration::from_secs(3));
     server.assert_no_panic();
 }

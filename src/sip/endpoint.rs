@@ -812,6 +812,20 @@ impl Endpoint {
             .collect()
     }
 
+    /// Ends the registrations of operators whose accounts no longer exist.
+    pub fn forget_operators_except(&mut self, known: &dyn Fn(&str) -> bool) {
+        let Some(registrar) = self.registrar.as_mut() else {
+            return;
+        };
+        for user in registrar.users() {
+            if !known(&user) {
+                tracing::info!(operator = %user, "account removed: registration dropped");
+                registrar.forget(&user);
+            }
+        }
+        self.drain_registrar();
+    }
+
     /// The feature code an INVITE dials, if it dials one.
     fn feature_code_of(&self, req: &Request) -> Option<String> {
         let setup = self.cfg.registrar.as_ref()?;

@@ -281,6 +281,27 @@ impl Registrar {
             .unwrap_or_default()
     }
 
+    /// Drops every binding of a user whose account is gone.
+    pub fn forget(&mut self, user: &str) {
+        let Some(list) = self.bindings.remove(user) else {
+            return;
+        };
+        for b in list {
+            self.events.push_back(RegistrarEvent::BindingRemoved {
+                user: user.to_string(),
+                contact: b.contact,
+            });
+        }
+        self.events.push_back(RegistrarEvent::OperatorOffline {
+            user: user.to_string(),
+        });
+    }
+
+    /// Users with at least one binding.
+    pub fn users(&self) -> Vec<String> {
+        self.bindings.keys().cloned().collect()
+    }
+
     pub fn is_registered(&self, user: &str) -> bool {
         self.bindings.contains_key(user)
     }
