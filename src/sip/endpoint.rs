@@ -730,10 +730,14 @@ impl Endpoint {
                 self.respond(now, key, req, 401, None, &extra, None);
             }
             Decision::Ok { bindings } => {
-                for c in &request.contacts {
-                    if let reg::Contact::Uri { uri, .. } = c {
+                for b in &bindings {
+                    let named = request
+                        .contacts
+                        .iter()
+                        .any(|c| matches!(c, reg::Contact::Uri { uri, .. } if *uri == b.contact));
+                    if named {
                         self.binding_peers
-                            .insert((request.aor_user.clone(), uri.clone()), peer);
+                            .insert((request.aor_user.clone(), b.contact.clone()), peer);
                     }
                 }
                 let extra: Vec<(String, String)> = bindings
@@ -2094,15 +2098,24 @@ fn quote_display(s: &str) -> String {
         .collect()
 }
 
-/// `%2A1` -> `*1` (phones escape `*` and `#` in user parts).
+/// `%2A1` -> `*1` (phones escape `*` and `#` in user parts). Works on bytes: the
+/// input is peer-controlled and may put anything after a `%`.
 fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
                 i += 3;
                 continue;
             }
@@ -2177,4 +2190,153 @@ fn build_non2xx_ack(resp: &Response, request_uri: &str) -> Vec<u8> {
     let mut bytes = out.into_bytes();
     finish_message(&mut bytes, None);
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::digest::{expected_response, ha1, Algorithm};
+
+    #[test]
+    fn percent_decoding_takes_any_bytes() {
+        assert_eq!(percent_decode("%2A1"), "*1");
+        assert_eq!(percent_decode("%23"), "#");
+        assert_eq!(percent_decode("%\u{20ac}1"), "%\u{20ac}1");
+        assert_eq!(percent_decode("%+1x"), "%+1x");
+        assert_eq!(percent_decode("a%"), "a%");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%ff"), "\u{fffd}");
+    }
+
+    fn operator_endpoint() -> Endpoint {
+        let credentials: CredentialLookup = Arc::new(|user: &str| {
+            (user == "anna").then(|| Ha1Set::from_password("anna", "hotline", "secret-pass"))
+        });
+        Endpoint::new(EndpointConfig {
+            registrar: Some(RegistrarSetup {
+                credentials,
+                registrar: RegistrarConfig::default(),
+                digest: DigestConfig::new("hotline"),
+                feature_codes: vec![("*1".into(), "Available".into())],
+            }),
+            ..EndpointConfig::default()
+        })
+    }
+
+    fn drain(ep: &mut Endpoint) -> Vec<Output> {
+        std::iter::from_fn(|| ep.poll_output()).collect()
+    }
+
+    fn register(auth: &str, cseq: u32, contact: &str) -> String {
+        format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKr{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:anna@127.0.0.1>;tag=a1\r\nTo: <sip:anna@127.0.0.1>\r\nCall-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\nContact: {contact}\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// The registrar answers through the endpoint, and byte-level garbage in REGISTERs
+    /// and feature-code INVITEs never panics (the user parts are percent-decoded and
+    /// looked up on every such request).
+    #[test]
+    fn registrar_path_survives_mutated_requests() {
+        use rand::{Rng, SeedableRng};
+        let mut ep = operator_endpoint();
+        let now = Instant::now();
+        let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let phone: SocketAddr = "127.0.0.1:5062".parse().unwrap();
+        ep.handle_datagram(
+            now,
+            Link::Udp(0),
+            local,
+            phone,
+            register("", 1, "<sip:anna@127.0.0.1:5062>").as_bytes(),
+        );
+        let out = drain(&mut ep);
+        let challenge = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Transmit { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+                _ => None,
+            })
+            .expect("a response");
+        assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let qop = crate::sip::digest::QopAuth {
+            nc: "00000001".into(),
+            count: 1,
+            cnonce: "c0ffee".into(),
+        };
+        let key = ha1(Algorithm::Md5, "anna", "hotline", "secret-pass");
+        let response = expected_response(
+            Algorithm::Md5,
+            &key,
+            "REGISTER",
+            "sip:127.0.0.1",
+            nonce,
+            Some(&qop),
+        );
+        let auth = format!(
+            "Authorization: Digest username=\"anna\", realm=\"hotline\", nonce=\"{nonce}\", uri=\"sip:127.0.0.1\", response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
+        );
+        ep.handle_datagram(
+            now,
+            Link::Udp(0),
+            local,
+            phone,
+            register(&auth, 2, "<sip:anna@127.0.0.1:5062>").as_bytes(),
+        );
+        let out = drain(&mut ep);
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Registrar(RegistrarEvent::OperatorOnline { user }) if user == "anna")),
+            "{out:?}"
+        );
+        assert_eq!(ep.operator_contacts("anna", now).len(), 1);
+
+        let invite = "INVITE sip:*1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKf1\r\nMax-Forwards: 70\r\nFrom: <sip:anna@127.0.0.1>;tag=f1\r\nTo: <sip:*1@127.0.0.1>\r\nCall-ID: fc-1\r\nCSeq: 1 INVITE\r\nContact: <sip:anna@127.0.0.1:5062>\r\nContent-Length: 0\r\n\r\n";
+        ep.handle_datagram(now, Link::Udp(0), local, phone, invite.as_bytes());
+        let out = drain(&mut ep);
+        assert!(out.iter().any(|o| matches!(o, Output::FeatureCode { user, code } if user == "anna" && code == "*1")), "{out:?}");
+
+        let templates = [
+            register(&auth, 3, "<sip:anna@127.0.0.1:5062>;expires=60"),
+            invite.to_string(),
+        ];
+        let spice: [&[u8]; 10] = [
+            b"%",
+            "\u{20ac}".as_bytes(),
+            b"%E2%82",
+            b"\"",
+            b",",
+            b";",
+            b"*",
+            b"\0",
+            b"%2A",
+            b"<",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..20_000u32 {
+            let mut msg = templates[i as usize % 2].as_bytes().to_vec();
+            for _ in 0..rng.gen_range(1..4) {
+                let at = rng.gen_range(0..msg.len());
+                match rng.gen_range(0..3) {
+                    0 => {
+                        let s = spice[rng.gen_range(0..spice.len())];
+                        msg.splice(at..at, s.iter().copied());
+                    }
+                    1 => msg[at] = rng.gen(),
+                    _ => {
+                        msg.remove(at);
+                    }
+                }
+            }
+            let from = SocketAddr::new(phone.ip(), 5062 + (i % 50) as u16);
+            ep.handle_datagram(now, Link::Udp(0), local, from, &msg);
+            drain(&mut ep);
+        }
+    }
 }
