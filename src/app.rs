@@ -101,6 +101,38 @@ pub fn load_call_flow(cfg: &Config) -> Result<(Arc<Flow>, Arc<PromptSet>), Vec<S
     let ids = catalog.ids();
     ivr::validate(&flow, &ids)
         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    // The queue plays these by id; a typo would leave callers or operators in silence.
+    let config_file = if cfg.source.is_empty() {
+        "configuration"
+    } else {
+        cfg.source.as_str()
+    };
+    let mut missing = Vec::new();
+    for (key, id) in [
+        ("queue.comfort_prompt", &cfg.queue.comfort_prompt),
+        ("queue.whisper_prompt", &cfg.queue.whisper_prompt),
+    ] {
+        if !id.is_empty() && !ids.contains(id.as_str()) {
+            missing.push(format!(
+                "{config_file}: {key}: prompt \"{id}\" is not in {catalog_file}"
+            ));
+        }
+    }
+    let mut queue_prompts: Vec<String> = (1..=10).map(|n| format!("queue_position_{n}")).collect();
+    queue_prompts.push("queue_position_more".into());
+    if !cfg.queue.voicemail_key.is_empty() {
+        queue_prompts.push("queue_leave_message".into());
+    }
+    for id in queue_prompts {
+        if !ids.contains(id.as_str()) {
+            missing.push(format!(
+                "{catalog_file}: prompt \"{id}\" is missing (the queue announces positions with it)"
+            ));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(missing);
+    }
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let prompts = PromptSet::load_dir_with(&cfg.prompts.dir, &id_refs, &PromptLimits::default())
         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;

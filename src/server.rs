@@ -470,7 +470,8 @@ fn dispatch(
                     match ep.operator_contacts(&operator, now).pop() {
                         Some((contact, peer)) => {
                             let extra = vec![("X-Hotline-Answers".to_string(), answers)];
-                            let leg = ep.offer_call(peer, &contact, &display, "hotline", extra);
+                            let leg = ep
+                                .offer_call(&operator, peer, &contact, &display, "hotline", extra);
                             app.offer_placed(caller, &operator, leg);
                         }
                         None => app.offer_failed(caller, &operator, now),

@@ -31,6 +31,9 @@ pub struct Config {
     pub queue: QueueConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Where the configuration came from, for error messages.
+    #[serde(skip)]
+    pub source: String,
 }
 
 /// Operator accounts, their registrations and their phones.
@@ -429,7 +432,8 @@ impl Config {
                 "(embedded defaults)".to_string(),
             ),
         };
-        let cfg = Self::from_str_with_overrides(&text, &file, overrides)?;
+        let mut cfg = Self::from_str_with_overrides(&text, &file, overrides)?;
+        cfg.source = file.clone();
         Ok((cfg, file))
     }
 

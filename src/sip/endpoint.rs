@@ -1893,7 +1893,7 @@ impl Endpoint {
     /// The RTP port is allocated first (`MediaCommand::Allocate`); the INVITE leaves
     /// once `media_allocated` reports it. Progress arrives as events.
     pub fn place_call(&mut self, peer: Peer, target: &str, from_user: &str) -> CallId {
-        self.place_call_to(peer, target, None, from_user, Vec::new())
+        self.place_call_to(peer, target, None, from_user, Vec::new(), None)
     }
 
     /// Rings an operator's phone: `peer` is where its registration came from, which is
@@ -1901,13 +1901,16 @@ impl Endpoint {
     /// by the phone; `extra` headers ride on the INVITE.
     pub fn offer_call(
         &mut self,
+        operator: &str,
         peer: Peer,
         contact: &str,
         display: &str,
         from_user: &str,
         extra: Vec<(String, String)>,
     ) -> CallId {
-        let call = self.place_call_to(peer, contact, Some(display), from_user, extra);
+        // Stored as `operator:<user>`: the phone's address says where an operator is.
+        let label = format!("operator:{operator}");
+        let call = self.place_call_to(peer, contact, Some(display), from_user, extra, Some(&label));
         if let Some(c) = self.calls.get_mut(&call) {
             c.pin_peer = true;
         }
@@ -1921,6 +1924,7 @@ impl Endpoint {
         display: Option<&str>,
         from_user: &str,
         extra: Vec<(String, String)>,
+        shown_to: Option<&str>,
     ) -> CallId {
         let call = self.next_call;
         self.next_call += 1;
@@ -1975,7 +1979,7 @@ impl Endpoint {
             call,
             sip_call_id,
             from: Some(from_user.to_string()),
-            to: target.to_string(),
+            to: shown_to.unwrap_or(target).to_string(),
             remote: peer.remote,
             transport: peer.link.via_transport(),
             direction: Direction::Outbound,
