@@ -66,7 +66,7 @@ impl Default for OperatorsConfig {
             feature_paused: "*2".into(),
             available_on_register: true,
             min_expires_s: 60,
-            max_expires_s: 3600,
+            max_expires_s: 300,
             max_auth_failures: 5,
             auth_failure_window_s: 600,
             lockout_s: 900,
