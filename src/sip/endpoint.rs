@@ -2052,9 +2052,13 @@ fn is_answerable(method: &str) -> bool {
 
 /// The parts of a REGISTER the registrar decides on.
 fn register_request(source: SocketAddr, req: &Request) -> Result<RegisterRequest, &'static str> {
-    let aor_user = headers::parse_sip_uri(&req.common.to.uri)?
+    // Another URI scheme or no user part names no operator: such a REGISTER is
+    // challenged like any other and can never authenticate.
+    let aor_user = headers::parse_sip_uri(&req.common.to.uri)
+        .ok()
+        .flatten()
         .and_then(|u| u.user)
-        .ok_or("To has no user part")?;
+        .unwrap_or_default();
     let mut contacts = Vec::new();
     for line in req.raw.headers_named("contact") {
         for value in raw::split_comma_values(line) {
