@@ -199,24 +199,6 @@ pub fn recording_path(dir: &Path, at: SystemTime, kind: &str) -> PathBuf {
 }
 
 impl App {
-    pub fn new(
-        flow: Arc<Flow>,
-        prompts: Arc<PromptSet>,
-        recordings_dir: PathBuf,
-        stored_tx: mpsc::UnboundedSender<(CallId, bool)>,
-    ) -> App {
-        let settings = QueueSettings::default();
-        Self::with_queue(
-            flow,
-            prompts,
-            recordings_dir,
-            stored_tx,
-            settings,
-            true,
-            OperatorNames::default(),
-        )
-    }
-
     pub fn with_queue(
         flow: Arc<Flow>,
         prompts: Arc<PromptSet>,

@@ -58,7 +58,7 @@ pub fn registrar_setup(
         registrar: RegistrarConfig {
             min_expires: op.min_expires_s,
             max_expires: op.max_expires_s,
-            default_expires: op.max_expires_s.min(3600).max(op.min_expires_s),
+            default_expires: op.max_expires_s,
             max_failures: op.max_auth_failures,
             failure_window: Duration::from_secs(op.auth_failure_window_s),
             lockout: Duration::from_secs(op.lockout_s),
