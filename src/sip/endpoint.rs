@@ -302,8 +302,10 @@ struct Call {
     /// In-dialog requests go to `peer` whatever the remote target says (a phone behind
     /// NAT is reached where its registration came from).
     pin_peer: bool,
-    /// UAC: a CANCEL went out; a late 2xx is acknowledged and hung up at once.
+    /// UAC: the call is being cancelled; a late 2xx is acknowledged and hung up at once.
     cancelled: bool,
+    /// UAC: a provisional response arrived, so a CANCEL may be sent.
+    provisional: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1068,6 +1070,7 @@ impl Endpoint {
             invite_headers: Vec::new(),
             pin_peer: false,
             cancelled: false,
+            provisional: false,
         };
         self.dialogs
             .insert(dialog_key(&c.sip_call_id, &local_tag), call);
@@ -1569,7 +1572,15 @@ impl Endpoint {
             return;
         };
         match resp.code {
-            100..=199 => {}
+            100..=199 => {
+                if !c.provisional {
+                    c.provisional = true;
+                    if c.cancelled {
+                        let reason = c.end_reason.unwrap_or(EndReason::Cancel);
+                        self.send_cancel(now, call, reason);
+                    }
+                }
+            }
             200..=299 => {
                 if let Some(ack) = c.ack.clone() {
                     // Retransmitted 2xx: our ACK was lost.
@@ -1678,22 +1689,11 @@ impl Endpoint {
                     return;
                 }
                 c.cancelled = true;
-                let Some(branch) = c.invite_branch.clone() else {
-                    return;
-                };
-                // Same Request-URI, Call-ID, From, To, CSeq number and branch as the INVITE
-                // (RFC 3261 §9.1); the INVITE then ends with 487.
-                let cancel = build_request(c, "CANCEL", 1, &branch, &[], None);
-                let peer = c.peer;
-                self.send_client(
-                    now,
-                    peer,
-                    false,
-                    cancel,
-                    format!("{branch}:cancel"),
-                    ClientPurpose::Cancel,
-                );
-                tracing::info!(call, reason = %reason.as_str(), "cancelling");
+                // RFC 3261 §9.1: no CANCEL before a provisional response (it could
+                // overtake the INVITE); one arrives, or timer B ends the attempt.
+                if c.provisional {
+                    self.send_cancel(now, call, reason);
+                }
             }
             CallState::Answered | CallState::Confirmed => {
                 c.end_reason.get_or_insert(reason);
@@ -1709,6 +1709,28 @@ impl Endpoint {
                 tracing::info!(call, reason = %reason.as_str(), "hanging up");
             }
         }
+    }
+
+    /// CANCEL with the INVITE's Request-URI, Call-ID, From, To, CSeq number and branch
+    /// (RFC 3261 §9.1); the INVITE then ends with 487.
+    fn send_cancel(&mut self, now: Instant, call: CallId, reason: EndReason) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        let Some(branch) = c.invite_branch.clone() else {
+            return;
+        };
+        let cancel = build_request(c, "CANCEL", 1, &branch, &[], None);
+        let peer = c.peer;
+        self.send_client(
+            now,
+            peer,
+            false,
+            cancel,
+            format!("{branch}:cancel"),
+            ClientPurpose::Cancel,
+        );
+        tracing::info!(call, reason = %reason.as_str(), "cancelling");
     }
 
     fn send_client(
@@ -1968,6 +1990,7 @@ impl Endpoint {
             invite_headers: Vec::new(),
             pin_peer: false,
             cancelled: false,
+            provisional: false,
         };
         let mut c = c;
         let display = display
@@ -2346,5 +2369,99 @@ mod tests {
             ep.handle_datagram(now, Link::Udp(0), local, from, &msg);
             drain(&mut ep);
         }
+    }
+
+    fn sent(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Transmit { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A response to `request` copying its Via, From, To, Call-ID and CSeq.
+    fn answer(request: &str, status: &str) -> String {
+        let mut out = format!("SIP/2.0 {status}\r\n");
+        for line in request.lines() {
+            let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+            if ["via", "from", "call-id", "cseq"].contains(&name.as_str()) {
+                out.push_str(line);
+                out.push_str("\r\n");
+            } else if name == "to" {
+                out.push_str(line);
+                out.push_str(";tag=phone\r\n");
+            }
+        }
+        out.push_str("Content-Length: 0\r\n\r\n");
+        out
+    }
+
+    /// An offer abandoned before the phone said anything is cancelled only once a
+    /// provisional response shows the INVITE arrived (RFC 3261 §9.1).
+    #[test]
+    fn cancel_waits_for_a_provisional_response() {
+        let mut ep = operator_endpoint();
+        let now = Instant::now();
+        let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let phone: SocketAddr = "127.0.0.1:5062".parse().unwrap();
+        let peer = Peer {
+            link: Link::Udp(0),
+            remote: phone,
+            local,
+        };
+        let leg = ep.offer_call(
+            "anna",
+            peer,
+            "sip:anna@127.0.0.1:5062",
+            "zone=1",
+            "hotline",
+            vec![],
+        );
+        drain(&mut ep);
+        ep.media_allocated(now, leg, 30000);
+        let invite = sent(&drain(&mut ep)).pop().expect("INVITE");
+        assert!(
+            invite.starts_with("INVITE sip:anna@127.0.0.1:5062 SIP/2.0"),
+            "{invite}"
+        );
+        assert!(
+            invite.contains("From: \"zone=1\" <sip:hotline@"),
+            "{invite}"
+        );
+
+        ep.hangup(now, leg, EndReason::Cancel);
+        assert!(
+            sent(&drain(&mut ep)).is_empty(),
+            "no CANCEL before a provisional"
+        );
+        let ringing = answer(&invite, "180 Ringing");
+        ep.handle_datagram(now, Link::Udp(0), local, phone, ringing.as_bytes());
+        let out = sent(&drain(&mut ep));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("CANCEL sip:anna@127.0.0.1:5062 SIP/2.0"),
+            "{}",
+            out[0]
+        );
+        let branch = |m: &str| {
+            m.split("branch=")
+                .nth(1)
+                .map(|b| b.split([';', '\r']).next().unwrap().to_string())
+        };
+        assert_eq!(branch(&out[0]), branch(&invite));
+        assert!(out[0].contains("CSeq: 1 CANCEL"), "{}", out[0]);
+
+        let terminated = answer(&invite, "487 Request Terminated");
+        ep.handle_datagram(now, Link::Udp(0), local, phone, terminated.as_bytes());
+        let out = drain(&mut ep);
+        assert!(
+            sent(&out).iter().any(|m| m.starts_with("ACK ")),
+            "487 is acknowledged"
+        );
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Call(CallEvent::Ended { call, reason: EndReason::Cancel, .. }) if *call == leg
+        )));
     }
 }
