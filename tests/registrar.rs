@@ -1,7 +1,7 @@
 //! The operators' registrar against the real binary on loopback: lockout of a source
 //! that keeps guessing passwords (SIPp), SHA-256 digest authentication computed here
 //! from RFC 7616 / RFC 8760 (raw UDP), replay refusal, unknown users, unregistering,
-//! and the feature codes *1 / *2 from the phone that registered (SIPp).
+//! and the feature codes *1 / *2 with the operator's credentials (SIPp).
 
 mod common;
 
@@ -450,7 +450,7 @@ fn ack_for(sock: &UdpSocket, server: SocketAddr, target: &str, resp: &Resp, id: 
 }
 
 #[test]
-fn feature_codes_from_the_registered_phone_pause_and_resume_the_operator() {
+fn feature_codes_with_the_operators_credentials_pause_and_resume_the_operator() {
     if !require_tool("sipp") {
         return;
     }
@@ -509,19 +509,21 @@ fn feature_codes_from_the_registered_phone_pause_and_resume_the_operator() {
     );
     wait_state(&server, "paused", Duration::from_secs(3));
 
-    // The same feature code from a socket that did not register is refused, even with
-    // the operator's user in From, written plainly or percent-encoded.
+    // The same feature code from anyone else, even with the operator's user in From
+    // (plainly or percent-encoded), only gets a challenge: without the password it
+    // changes nothing.
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     for (target, id) in [("*1", "fc-stranger-1"), ("%2A1", "fc-stranger-2")] {
         feature_invite(&sock, server.udp, target, USER, id);
         let resp = recv_response(&sock, Some(id), Duration::from_secs(3))
             .unwrap_or_else(|| panic!("no answer to {target} from a stranger"));
-        assert_eq!(resp.code, 403, "{}", resp.text);
+        assert_eq!(resp.code, 407, "{}", resp.text);
+        assert!(resp.header("proxy-authenticate").is_some(), "{}", resp.text);
         ack_for(&sock, server.udp, target, &resp, id);
-        // Timer G would retransmit the 403 after 500 ms had the ACK not matched.
+        // Timer G would retransmit the 407 after 500 ms had the ACK not matched.
         assert!(
             recv_response(&sock, Some(id), Duration::from_millis(1200)).is_none(),
-            "403 retransmitted after the ACK"
+            "407 retransmitted after the ACK"
         );
     }
     let op = queue_operator(&server).expect("operator in the queue");

@@ -844,8 +844,9 @@ impl Endpoint {
             .map(|(code, _)| code.clone())
     }
 
-    /// A feature code is honoured only from an operator's registered phone: the From user
-    /// must be an operator with a binding whose REGISTER came from this very address.
+    /// A feature code is honoured only with the operator's own digest credentials
+    /// (407 challenge, `Proxy-Authorization`, RFC 3261 §22.3), the From user being the
+    /// authenticated one; wrong passwords count towards the same lockout as REGISTER.
     /// The answer is a final response whose reason phrase tells the operator what
     /// happened; no call is set up.
     fn handle_feature_code(&mut self, now: Instant, key: &str, peer: Peer, req: &Request) {
@@ -854,21 +855,48 @@ impl Endpoint {
             .ok()
             .flatten()
             .and_then(|u| u.user)
+            .map(|u| percent_decode(&u))
             .unwrap_or_default();
-        let from_phone = self.registrar.as_ref().is_some_and(|r| {
-            r.bindings(&user, now)
-                .iter()
-                .any(|b| b.source == peer.remote)
-        });
-        if !from_phone {
-            tracing::info!(remote = %peer.remote, "feature code from an unregistered phone refused");
+        let (Some(registrar), Some(setup)) = (self.registrar.as_mut(), self.cfg.registrar.as_ref())
+        else {
             return self.respond(now, key, req, 403, None, &[], None);
+        };
+        let lookup = setup.credentials.clone();
+        let authorization = req.raw.header("proxy-authorization");
+        let verdict = registrar.authorize(
+            peer.remote,
+            authorization,
+            "INVITE",
+            &user,
+            &|u: &str| lookup(u),
+            now,
+        );
+        match verdict {
+            Ok(()) => {}
+            Err(Decision::Challenge { www_authenticate }) => {
+                let extra: Vec<(String, String)> = www_authenticate
+                    .into_iter()
+                    .map(|v| ("Proxy-Authenticate".to_string(), v))
+                    .collect();
+                return self.respond(now, key, req, 407, None, &extra, None);
+            }
+            Err(Decision::BadRequest { reason }) => {
+                let warn = [("Warning".to_string(), format!("399 hotline \"{reason}\""))];
+                return self.respond(now, key, req, 400, None, &warn, None);
+            }
+            Err(Decision::Ignore) => {
+                self.server.remove(key);
+                return;
+            }
+            Err(_) => {
+                tracing::info!(remote = %peer.remote, "feature code refused");
+                return self.respond(now, key, req, 403, None, &[], None);
+            }
         }
-        let phrase = self
-            .cfg
-            .registrar
-            .as_ref()
-            .and_then(|s| s.feature_codes.iter().find(|(c, _)| *c == code))
+        let phrase = setup
+            .feature_codes
+            .iter()
+            .find(|(c, _)| *c == code)
             .map(|(_, p)| p.clone())
             .unwrap_or_default();
         tracing::info!(operator = %user, %code, "feature code");
@@ -2328,10 +2356,63 @@ mod tests {
         );
         assert_eq!(ep.operator_contacts("anna", now).len(), 1);
 
-        let invite = "INVITE sip:*1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKf1\r\nMax-Forwards: 70\r\nFrom: <sip:anna@127.0.0.1>;tag=f1\r\nTo: <sip:*1@127.0.0.1>\r\nCall-ID: fc-1\r\nCSeq: 1 INVITE\r\nContact: <sip:anna@127.0.0.1:5062>\r\nContent-Length: 0\r\n\r\n";
-        ep.handle_datagram(now, Link::Udp(0), local, phone, invite.as_bytes());
+        // A feature code is challenged, then honoured with the operator's credentials.
+        let invite = |cseq: u32, auth: &str| {
+            format!(
+                "INVITE sip:*1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKf{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:anna@127.0.0.1>;tag=f1\r\nTo: <sip:*1@127.0.0.1>\r\nCall-ID: fc-1\r\nCSeq: {cseq} INVITE\r\nContact: <sip:anna@127.0.0.1:5062>\r\n{auth}Content-Length: 0\r\n\r\n"
+            )
+        };
+        ep.handle_datagram(now, Link::Udp(0), local, phone, invite(1, "").as_bytes());
         let out = drain(&mut ep);
-        assert!(out.iter().any(|o| matches!(o, Output::FeatureCode { user, code } if user == "anna" && code == "*1")), "{out:?}");
+        let challenge = sent(&out).pop().expect("a response");
+        assert!(challenge.starts_with("SIP/2.0 407"), "{challenge}");
+        assert!(!out.iter().any(|o| matches!(o, Output::FeatureCode { .. })));
+        let nonce = challenge
+            .split("Proxy-Authenticate: Digest")
+            .nth(1)
+            .and_then(|c| c.split("nonce=\"").nth(1))
+            .and_then(|c| c.split('"').next())
+            .expect("a Proxy-Authenticate nonce");
+        let qop = crate::sip::digest::QopAuth {
+            nc: "00000001".into(),
+            count: 1,
+            cnonce: "feed".into(),
+        };
+        let response = expected_response(
+            Algorithm::Md5,
+            &key,
+            "INVITE",
+            "sip:*1@127.0.0.1",
+            nonce,
+            Some(&qop),
+        );
+        let proxy_auth = format!(
+            "Proxy-Authorization: Digest username=\"anna\", realm=\"hotline\", nonce=\"{nonce}\", uri=\"sip:*1@127.0.0.1\", response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"feed\"\r\n"
+        );
+        ep.handle_datagram(
+            now,
+            Link::Udp(0),
+            local,
+            phone,
+            invite(2, &proxy_auth).as_bytes(),
+        );
+        let out = drain(&mut ep);
+        assert!(
+            out.iter().any(|o| matches!(o, Output::FeatureCode { user, code } if user == "anna" && code == "*1")),
+            "{out:?}"
+        );
+        assert!(sent(&out)
+            .iter()
+            .any(|m| m.starts_with("SIP/2.0 480 Available")));
+        // Someone else's name in From with Anna's credentials is refused.
+        let forged = invite(3, &proxy_auth).replace("From: <sip:anna@", "From: <sip:boris@");
+        ep.handle_datagram(now, Link::Udp(0), local, phone, forged.as_bytes());
+        let out = drain(&mut ep);
+        assert!(
+            sent(&out).iter().any(|m| m.starts_with("SIP/2.0 403")),
+            "{out:?}"
+        );
+        let invite = invite(4, &proxy_auth);
 
         let templates = [
             register(&auth, 3, "<sip:anna@127.0.0.1:5062>;expires=60"),

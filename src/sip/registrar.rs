@@ -213,9 +213,49 @@ impl Registrar {
         now: Instant,
     ) -> Decision {
         self.expire_bindings(now);
-        let ip = request.source.ip().to_canonical();
+        // Operators register their own address of record only.
+        let authorization = request.authorization.as_deref();
+        if let Err(decision) = self.authenticate(
+            request.source,
+            authorization,
+            "REGISTER",
+            &request.aor_user,
+            store,
+            now,
+        ) {
+            return decision;
+        }
+        self.update_bindings(request, now)
+    }
+
+    /// Checks the digest credentials of another request from an operator (a feature
+    /// code INVITE), with the same nonces, lockout and rate limits as REGISTER.
+    /// `Err` carries the answer: a challenge (for `Proxy-Authenticate`), 403, 400, or
+    /// nothing.
+    pub fn authorize(
+        &mut self,
+        source: SocketAddr,
+        authorization: Option<&str>,
+        method: &str,
+        user: &str,
+        store: &impl CredentialStore,
+        now: Instant,
+    ) -> Result<(), Decision> {
+        self.authenticate(source, authorization, method, user, store, now)
+    }
+
+    fn authenticate(
+        &mut self,
+        source: SocketAddr,
+        authorization: Option<&str>,
+        method: &str,
+        user: &str,
+        store: &impl CredentialStore,
+        now: Instant,
+    ) -> Result<(), Decision> {
+        let ip = source.ip().to_canonical();
         if self.sources.get(&ip).is_some_and(|s| s.locked(now)) {
-            return self.limited_forbidden(ip, now);
+            return Err(self.limited_forbidden(ip, now));
         }
         // Nonces are bound to the source address, so only a sender that actually received our
         // challenge can have its guesses counted: spoofed packets cannot lock anyone out.
@@ -223,46 +263,42 @@ impl Registrar {
             IpAddr::V4(v4) => v4.octets().to_vec(),
             IpAddr::V6(v6) => v6.octets().to_vec(),
         };
-        let Some(value) = request.authorization.as_deref() else {
-            return self.challenge(now, false, &context);
+        let Some(value) = authorization else {
+            return Err(self.challenge(now, false, &context));
         };
         let credentials = match parse_authorization(value) {
             Ok(credentials) => credentials,
-            Err(DigestError::NotDigest) => return self.challenge(now, false, &context),
+            Err(DigestError::NotDigest) => return Err(self.challenge(now, false, &context)),
             Err(_) => {
-                return Decision::BadRequest {
+                return Err(Decision::BadRequest {
                     reason: "malformed Authorization",
-                }
+                })
             }
         };
-        // Operators register their own address of record only.
-        if credentials.username != request.aor_user {
-            return self.limited_forbidden(ip, now);
+        if credentials.username != user {
+            return Err(self.limited_forbidden(ip, now));
         }
         let Some(ha1s) = store.ha1s(&credentials.username) else {
             // Guessing user names is guessing credentials.
             if self.auth.nonce_state(&credentials.nonce, &context, now) != NonceState::Invalid {
                 self.record_failure(ip, now);
             }
-            return self.limited_forbidden(ip, now);
+            return Err(self.limited_forbidden(ip, now));
         };
-        match self
-            .auth
-            .verify(&credentials, &ha1s, "REGISTER", &context, now)
-        {
+        match self.auth.verify(&credentials, &ha1s, method, &context, now) {
             Verdict::Authenticated => {
                 if let Some(source) = self.sources.get_mut(&ip) {
                     source.failures.clear();
                 }
+                Ok(())
             }
-            Verdict::Stale => return self.challenge(now, true, &context),
-            Verdict::Unusable => return self.challenge(now, false, &context),
+            Verdict::Stale => Err(self.challenge(now, true, &context)),
+            Verdict::Unusable => Err(self.challenge(now, false, &context)),
             Verdict::WrongResponse => {
                 self.record_failure(ip, now);
-                return Decision::Forbidden;
+                Err(Decision::Forbidden)
             }
         }
-        self.update_bindings(request, now)
     }
 
     pub fn bindings(&self, user: &str, now: Instant) -> Vec<BindingView> {
