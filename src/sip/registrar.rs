@@ -215,7 +215,7 @@ impl Registrar {
         self.expire_bindings(now);
         // Operators register their own address of record only.
         let authorization = request.authorization.as_deref();
-        if let Err(decision) = self.authenticate(
+        if let Err(decision) = self.authorize(
             request.source,
             authorization,
             "REGISTER",
@@ -228,23 +228,11 @@ impl Registrar {
         self.update_bindings(request, now)
     }
 
-    /// Checks the digest credentials of another request from an operator (a feature
-    /// code INVITE), with the same nonces, lockout and rate limits as REGISTER.
-    /// `Err` carries the answer: a challenge (for `Proxy-Authenticate`), 403, 400, or
-    /// nothing.
+    /// Checks an operator's digest credentials for `method` (REGISTER, or a feature
+    /// code INVITE), with one set of nonces, lockouts and rate limits for both.
+    /// `Err` carries the answer: a challenge (`WWW-` or `Proxy-Authenticate`), 403,
+    /// 400, or nothing.
     pub fn authorize(
-        &mut self,
-        source: SocketAddr,
-        authorization: Option<&str>,
-        method: &str,
-        user: &str,
-        store: &impl CredentialStore,
-        now: Instant,
-    ) -> Result<(), Decision> {
-        self.authenticate(source, authorization, method, user, store, now)
-    }
-
-    fn authenticate(
         &mut self,
         source: SocketAddr,
         authorization: Option<&str>,
