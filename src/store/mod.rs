@@ -775,17 +775,7 @@ mod tests {
         let path = dir.path().join("hotline.db");
         let tx = spawn_writer(path.clone(), Box::new(|a| Some(a.to_string()))).unwrap();
         for call in 1..=3u64 {
-            tx.send(StoreCommand::Event(CallEvent::Started {
-                call,
-                sip_call_id: format!("c{call}"),
-                from: None,
-                to: "sip:hotline@127.0.0.1".into(),
-                remote: "127.0.0.1:5070".parse().unwrap(),
-                transport: "UDP",
-                direction: Direction::Inbound,
-                at: SystemTime::now(),
-            }))
-            .unwrap();
+            start_call(&tx, call);
             tx.send(StoreCommand::Event(CallEvent::Answered {
                 call,
                 codec: Codec::Pcma,
