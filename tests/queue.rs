@@ -77,54 +77,10 @@ fn start_server(extra: &[&str]) -> Server {
     Server::start_in(dir, &args)
 }
 
-fn add_operator(server: &Server, name: &str, password: &str) -> String {
-    let out = server.cli(&["operator", "add", name, "--password", password, "--json"]);
-    assert!(
-        out.status.success(),
-        "operator add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("operator add json");
-    v["sip_username"]
-        .as_str()
-        .expect("sip_username")
-        .to_string()
-}
-
-fn queue_view(server: &Server) -> Value {
-    let out = server.cli(&["queue", "--json"]);
-    assert!(
-        out.status.success(),
-        "hotline queue: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("queue json")
-}
-
 fn operator_state(server: &Server, name: &str) -> Option<String> {
-    queue_view(server)["operators"]
-        .as_array()?
-        .iter()
-        .find(|o| o["name"] == name)
+    server
+        .operator_entry(name)
         .and_then(|o| o["state"].as_str().map(str::to_string))
-}
-
-fn wait_state(server: &Server, name: &str, state: &str, timeout: Duration) {
-    let until = Instant::now() + timeout;
-    loop {
-        let now = operator_state(server, name);
-        if now.as_deref() == Some(state) {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "{name} is {now:?}, expected {state}; queue: {}\nlog:\n{}\n",
-            queue_view(server),
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn set_state(server: &Server, name: &str, state: &str) {
@@ -348,15 +304,15 @@ fn operators_take_queued_callers_in_turn() {
         "queue.announce_interval_s=30",
         "queue.announce_min_interval_s=1",
     ]);
-    let anna = add_operator(&server, "Anna", "anna-secret-1");
-    let boris = add_operator(&server, "Boris", "boris-secret-2");
+    let anna = server.add_operator("Anna", "anna-secret-1");
+    let boris = server.add_operator("Boris", "boris-secret-2");
     let op_a = Operator::start(&server, &anna, "anna-secret-1");
-    wait_state(&server, "Anna", "available", Duration::from_secs(10));
+    server.wait_operator_state("Anna", "available", Duration::from_secs(10));
     // Boris registers later, so Anna has been idle longest.
     std::thread::sleep(Duration::from_millis(300));
     let op_b = Operator::start(&server, &boris, "boris-secret-2");
-    wait_state(&server, "Boris", "available", Duration::from_secs(10));
-    let view = queue_view(&server);
+    server.wait_operator_state("Boris", "available", Duration::from_secs(10));
+    let view = server.queue_view();
     assert!(
         view["operators"]
             .as_array()
@@ -368,7 +324,7 @@ fn operators_take_queued_callers_in_turn() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let c1 = Caller::dial(&server, dir.path(), "c1", "1@0.5", 60);
-    wait_state(&server, "Anna", "on_call", Duration::from_secs(15));
+    server.wait_operator_state("Anna", "on_call", Duration::from_secs(15));
     assert_eq!(
         operator_state(&server, "Boris").as_deref(),
         Some("available")
@@ -376,12 +332,12 @@ fn operators_take_queued_callers_in_turn() {
 
     // Boris pauses: the next two callers wait and hear where they stand.
     set_state(&server, "Boris", "paused");
-    wait_state(&server, "Boris", "paused", Duration::from_secs(2));
+    server.wait_operator_state("Boris", "paused", Duration::from_secs(2));
     let c2 = Caller::dial(&server, dir.path(), "c2", "2@0.5", 60);
     std::thread::sleep(Duration::from_millis(700));
     let c3 = Caller::dial(&server, dir.path(), "c3", "1@0.5", 60);
     let until = Instant::now() + Duration::from_secs(15);
-    while queue_view(&server)["callers"]
+    while server.queue_view()["callers"]
         .as_array()
         .map_or(0, Vec::len)
         < 2
@@ -393,13 +349,13 @@ fn operators_take_queued_callers_in_turn() {
     std::thread::sleep(Duration::from_secs(4));
 
     set_state(&server, "Boris", "available");
-    wait_state(&server, "Boris", "on_call", Duration::from_secs(10));
+    server.wait_operator_state("Boris", "on_call", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(4));
 
     // Anna ends her conversation; after wrap-up she gets caller 3.
     op_a.hang_up();
-    wait_state(&server, "Anna", "wrap_up", Duration::from_secs(5));
-    wait_state(&server, "Anna", "on_call", Duration::from_secs(10));
+    server.wait_operator_state("Anna", "wrap_up", Duration::from_secs(5));
+    server.wait_operator_state("Anna", "on_call", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(4));
     op_a.hang_up();
     op_b.hang_up();
@@ -574,8 +530,8 @@ fn unanswered_offers_move_on_and_pause_the_operator() {
         "queue.wrap_up_s=1",
         "queue.announce_interval_s=0",
     ]);
-    let nora = add_operator(&server, "Nora", "nora-secret-1");
-    let anna = add_operator(&server, "Anna", "anna-secret-1");
+    let nora = server.add_operator("Nora", "nora-secret-1");
+    let anna = server.add_operator("Anna", "anna-secret-1");
     let nora_port = free_udp_port();
     let anna_port = free_udp_port();
     let _nora_phone = SippPhone::start("operator-noanswer.xml", nora_port, &[]);
@@ -587,15 +543,15 @@ fn unanswered_offers_move_on_and_pause_the_operator() {
     sipp_register(&server, &nora, "nora-secret-1", nora_port);
     std::thread::sleep(Duration::from_millis(300));
     sipp_register(&server, &anna, "anna-secret-1", anna_port);
-    wait_state(&server, "Anna", "available", Duration::from_secs(5));
+    server.wait_operator_state("Anna", "available", Duration::from_secs(5));
 
     let dir = tempfile::tempdir().expect("tempdir");
     // Caller 1: Nora (idle longest) does not answer; Anna does.
     let c1 = Caller::dial(&server, dir.path(), "c1", "1@0.5", 12);
-    wait_state(&server, "Anna", "on_call", Duration::from_secs(15));
+    server.wait_operator_state("Anna", "on_call", Duration::from_secs(15));
     // Caller 2 arrives while Anna talks: Nora misses again and is paused.
     let c2 = Caller::dial(&server, dir.path(), "c2", "1@0.5", 14);
-    wait_state(&server, "Nora", "paused", Duration::from_secs(15));
+    server.wait_operator_state("Nora", "paused", Duration::from_secs(15));
     let s1 = c1.finish(Duration::from_secs(20));
     let s2 = c2.finish(Duration::from_secs(20));
     assert_eq!(s1["answered"], true);
@@ -659,9 +615,9 @@ fn queue_overflows_to_voicemail() {
     c.finish(Duration::from_secs(20));
 
     // One operator registered but paused: the caller waits, then gives up waiting.
-    let anna = add_operator(&server, "Anna", "anna-secret-1");
+    let anna = server.add_operator("Anna", "anna-secret-1");
     sipp_register(&server, &anna, "anna-secret-1", free_udp_port());
-    wait_state(&server, "Anna", "available", Duration::from_secs(5));
+    server.wait_operator_state("Anna", "available", Duration::from_secs(5));
     set_state(&server, "Anna", "paused");
     let c = Caller::dial(&server, dir.path(), "maxwait", "1@0.5", 11);
     c.finish(Duration::from_secs(20));
@@ -719,7 +675,7 @@ fn abandoned_caller_and_offer_headers() {
         return;
     }
     let server = start_server(&["queue.ring_timeout_s=30", "queue.announce_interval_s=0"]);
-    let anna = add_operator(&server, "Anna", "anna-secret-1");
+    let anna = server.add_operator("Anna", "anna-secret-1");
     let port = free_udp_port();
     let trace_dir = tempfile::tempdir().expect("tempdir");
     let mut phone = Command::new("sipp")
@@ -744,14 +700,14 @@ fn abandoned_caller_and_offer_headers() {
         .spawn()
         .expect("sipp");
     sipp_register(&server, &anna, "anna-secret-1", port);
-    wait_state(&server, "Anna", "available", Duration::from_secs(5));
+    server.wait_operator_state("Anna", "available", Duration::from_secs(5));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Caller::dial(&server, dir.path(), "gone", "2@0.5", 5);
-    wait_state(&server, "Anna", "ringing", Duration::from_secs(10));
+    server.wait_operator_state("Anna", "ringing", Duration::from_secs(10));
     c.finish(Duration::from_secs(15));
     // The caller left: the ringing phone is cancelled and Anna is free again.
-    wait_state(&server, "Anna", "available", Duration::from_secs(5));
+    server.wait_operator_state("Anna", "available", Duration::from_secs(5));
     let calls = server.wait_calls(Duration::from_secs(10), |c| {
         inbound(c)
             .first()
@@ -787,6 +743,6 @@ fn abandoned_caller_and_offer_headers() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The name is gone with the account; the SIP user shows offline.
-    wait_state(&server, &anna, "offline", Duration::from_secs(3));
+    server.wait_operator_state(&anna, "offline", Duration::from_secs(3));
     server.assert_no_panic();
 }

@@ -69,54 +69,17 @@ fn sipp_register(server: &Server, ip: &str, password: &str, trace: &Path) -> (bo
 }
 
 fn add_operator(server: &Server) {
-    let out = server.cli(&[
-        "operator",
-        "add",
-        OPERATOR,
-        "--password",
-        PASSWORD,
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "operator add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let added: serde_json::Value = serde_json::from_slice(&out.stdout).expect("operator json");
-    assert_eq!(added["sip_username"], USER);
+    assert_eq!(server.add_operator(OPERATOR, PASSWORD), USER);
 }
 
 /// The operator's entry in `hotline queue --json`, if it has one.
 fn queue_operator(server: &Server) -> Option<serde_json::Value> {
-    let out = server.cli(&["queue", "--json"]);
-    assert!(
-        out.status.success(),
-        "hotline queue: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let queue: serde_json::Value = serde_json::from_slice(&out.stdout).expect("queue json");
-    assert_eq!(queue["ok"], true, "{queue}");
-    queue["operators"]
-        .as_array()
-        .expect("operators")
-        .iter()
-        .find(|o| o["sip_username"] == USER)
-        .cloned()
+    server.operator_entry(USER)
 }
 
 /// Polls the queue until the operator is in `state`; returns its entry.
 fn wait_state(server: &Server, state: &str, timeout: Duration) -> serde_json::Value {
-    let until = Instant::now() + timeout;
-    loop {
-        let op = queue_operator(server);
-        match op {
-            Some(op) if op["state"] == state => return op,
-            _ if Instant::now() > until => {
-                panic!("operator never became {state}; last seen {op:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    server.wait_operator_state(USER, state, timeout)
 }
 
 #[test]

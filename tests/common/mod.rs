@@ -127,6 +127,67 @@ impl Server {
         }
     }
 
+    /// `hotline operator add NAME --password P --json`; returns the SIP username.
+    pub fn add_operator(&self, name: &str, password: &str) -> String {
+        let out = self.cli(&["operator", "add", name, "--password", password, "--json"]);
+        assert!(
+            out.status.success(),
+            "operator add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("operator json");
+        v["sip_username"]
+            .as_str()
+            .expect("sip_username")
+            .to_string()
+    }
+
+    /// `hotline queue --json` from the running server.
+    pub fn queue_view(&self) -> serde_json::Value {
+        let out = self.cli(&["queue", "--json"]);
+        assert!(
+            out.status.success(),
+            "hotline queue: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let queue: serde_json::Value = serde_json::from_slice(&out.stdout).expect("queue json");
+        assert_eq!(queue["ok"], true, "{queue}");
+        queue
+    }
+
+    /// The queue's entry for an operator, by pseudonym or SIP username.
+    pub fn operator_entry(&self, who: &str) -> Option<serde_json::Value> {
+        self.queue_view()["operators"]
+            .as_array()?
+            .iter()
+            .find(|o| o["name"] == who || o["sip_username"] == who)
+            .cloned()
+    }
+
+    /// Polls the queue until the operator is in `state`; returns its entry.
+    pub fn wait_operator_state(
+        &self,
+        who: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let until = Instant::now() + timeout;
+        loop {
+            let op = self.operator_entry(who);
+            match op {
+                Some(op) if op["state"] == state => return op,
+                _ => assert!(
+                    Instant::now() < until,
+                    "{who} is {op:?}, expected {state}; queue: {}\nlog:\n{}\n",
+                    self.queue_view(),
+                    self.log_text()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn assert_no_panic(&self) {
         let log = self.log_text();
         assert!(!log.contains("panicked"), "server panicked:\n{log}");
