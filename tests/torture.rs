@@ -1,5 +1,5 @@
 //! Every RFC 4475 / RFC 5118 torture message, sent over real UDP to the running server,
-//! gets the verdict `shared/sip-torture/expectations.tsv` gives it; afterwards the
+//! gets the verdict `tests/data/sip-torture/expectations.tsv` gives it; afterwards the
 //! server still answers OPTIONS and a normal call, and never panicked.
 //!
 //! The messages name foreign hosts: run this inside a private network namespace
@@ -18,7 +18,7 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let dir = common::shared_dir().join("sip-torture");
+    let dir = common::torture_dir();
     let tsv = std::fs::read_to_string(dir.join("expectations.tsv")).expect("expectations.tsv");
     tsv.lines()
         .skip(1)
@@ -97,7 +97,7 @@ fn bind_retrying(port: u16, file: &str) -> UdpSocket {
 #[test]
 fn torture_corpus_over_udp() {
     let server = Server::start(&["limits.source_rate=10000.0", "limits.source_burst=100000"]);
-    let dir = common::shared_dir().join("sip-torture");
+    let dir = common::torture_dir();
     let mut failures = Vec::new();
     let all = cases();
     assert_eq!(all.len(), 61, "corpus has 61 messages");
@@ -191,7 +191,7 @@ fn torture_corpus_over_udp() {
 /// Mutated corpus files (truncated, bytes flipped, inserted, swapped). Part of the
 /// main test so that answers to port 5060 cannot cross into another test's socket.
 fn mutated_corpus_never_crashes_the_server(server: &Server) {
-    let dir = common::shared_dir().join("sip-torture");
+    let dir = common::torture_dir();
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let mut x: u64 = 0x2545F4914F6CDD1D;
     let mut next = || {

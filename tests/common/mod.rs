@@ -345,8 +345,9 @@ pub fn free_udp_port() -> u16 {
         .unwrap_or(0)
 }
 
-pub fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+/// The RFC 4475 / RFC 5118 torture messages and their expected verdicts.
+pub fn torture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sip-torture")
 }
 
 /// baresip ignores an interface whose only address is 127.0.0.1. Inside the test
