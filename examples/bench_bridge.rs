@@ -21,10 +21,10 @@
 //! 16-bit tick number, the 16-bit stream number and a check word. G.711 keeps the sign
 //! through any transcoding, so the frame that leaves the other leg names its packet.
 
+use hotline::call::{Codec, MediaCommand, MediaEvent};
 use hotline::config::PortRange;
-use hotline::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig, MediaEvent};
-use hotline::media::g711::{self, Codec};
-use hotline::sip::MediaCommand;
+use hotline::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig};
+use hotline::media::g711;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};

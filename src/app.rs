@@ -9,17 +9,19 @@
 //! the server loop to execute and takes time as an argument. Must not decide call flow
 //! or distribution itself.
 
+use crate::call::MediaEvent;
+use crate::call::StopReason;
+use crate::call::{CallEvent, CallId, Direction};
 use crate::config::{Config, QueueConfig as QueueSettings, QueueStrategy};
 use crate::ivr::{self, Action, Engine, Event, Flow, PlayId, QueueOutcome, RecordStop};
-use crate::media::engine::{EngineCommand, MediaEvent};
+use crate::media::engine::EngineCommand;
 use crate::media::prompt::{PromptLimits, PromptSet};
-use crate::media::recorder::{StopReason, VoicemailStopConfig};
+use crate::media::recorder::VoicemailStopConfig;
 use crate::media::session::RecordSpec;
 use crate::queue::core::{
     self as qcore, EventKind, Input as QueueInput, OperatorState, Queue, QueueSnapshot,
     VoicemailReason,
 };
-use crate::sip::{CallEvent, CallId, Direction};
 use crate::store::StoreCommand;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -896,7 +898,7 @@ impl App {
             self.offers.remove(&(caller, operator.clone()));
             let call = qcore::CallId(caller);
             let input = match reason {
-                crate::sip::EndReason::Rejected(480 | 486 | 600 | 603) => {
+                crate::call::EndReason::Rejected(480 | 486 | 600 | 603) => {
                     QueueInput::OfferRejected { call, operator }
                 }
                 _ => QueueInput::OfferFailed { call, operator },
@@ -1031,8 +1033,8 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::dtmf::{DigitEvent, DigitSource};
-    use crate::media::g711::Codec;
+    use crate::call::Codec;
+    use crate::call::{DigitEvent, DigitSource};
 
     /// The shipped flow and prompts, a queue with a whisper prompt, and the outputs
     /// collected so far.
@@ -1078,7 +1080,7 @@ mod tests {
             self.app.on_call_event(&ev, self.now);
         }
 
-        fn ended(&mut self, call: CallId, reason: crate::sip::EndReason) {
+        fn ended(&mut self, call: CallId, reason: crate::call::EndReason) {
             let ev = CallEvent::Ended {
                 call,
                 reason,
@@ -1198,7 +1200,7 @@ mod tests {
 
         // The operator hangs up: the caller is hung up and the talk time stored.
         h.now += Duration::from_secs(30);
-        h.ended(100, crate::sip::EndReason::CallerBye);
+        h.ended(100, crate::call::EndReason::CallerBye);
         let out = h.take();
         assert!(out.iter().any(|o| matches!(o, AppOutput::Hangup(1))));
         assert!(out.iter().any(|o| matches!(
@@ -1222,12 +1224,12 @@ mod tests {
         h.take();
         h.app.offer_placed(1, "anna", 100);
         h.now += Duration::from_secs(3);
-        h.ended(1, crate::sip::EndReason::CallerBye);
+        h.ended(1, crate::call::EndReason::CallerBye);
         let out = h.take();
         assert!(out.iter().any(|o| matches!(o, AppOutput::Hangup(100))));
         assert!(queue_kinds(&out).contains(&"abandoned"));
         // The cancelled leg ending later does not count as the operator's miss.
-        h.ended(100, crate::sip::EndReason::Rejected(487));
+        h.ended(100, crate::call::EndReason::Rejected(487));
         assert_eq!(
             h.app.queue_snapshot(h.now).operators[0].consecutive_misses,
             0
@@ -1242,7 +1244,7 @@ mod tests {
         h.take();
         h.app.offer_placed(1, "anna", 100);
         // The phone declines: a miss, and the caller keeps waiting.
-        h.ended(100, crate::sip::EndReason::Rejected(486));
+        h.ended(100, crate::call::EndReason::Rejected(486));
         let out = h.take();
         assert!(queue_kinds(&out).contains(&"offer_missed"));
         // The voicemail key leaves the queue for the recording.

@@ -1,6 +1,8 @@
 //! hotline: a SIP voice hotline. See docs/architecture.md for the map.
 
+pub mod accounts;
 pub mod app;
+pub mod call;
 pub mod config;
 pub mod control;
 pub mod ivr;

@@ -363,7 +363,14 @@ fn operator(cfg: &Config, command: OperatorCommand) -> ExitCode {
             password,
             json,
         } => (
-            hotline::store::add_operator(&conn, &name, realm, password.as_deref()),
+            hotline::accounts::add(
+                &conn,
+                &name,
+                realm,
+                password.as_deref(),
+                &mut rand::rngs::OsRng,
+                std::time::SystemTime::now(),
+            ),
             json,
         ),
         OperatorCommand::Passwd {
@@ -371,7 +378,14 @@ fn operator(cfg: &Config, command: OperatorCommand) -> ExitCode {
             password,
             json,
         } => (
-            hotline::store::set_operator_password(&conn, &name, realm, password.as_deref()),
+            hotline::accounts::passwd(
+                &conn,
+                &name,
+                realm,
+                password.as_deref(),
+                &mut rand::rngs::OsRng,
+                std::time::SystemTime::now(),
+            ),
             json,
         ),
         OperatorCommand::List { json } => return operator_list(&conn, &path, json),

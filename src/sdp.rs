@@ -4,7 +4,7 @@
 //! media layer needs, choosing the codec, and writing our own offers and answers. It
 //! must not open sockets; the addresses it writes are given to it.
 
-use crate::media::g711::Codec;
+use crate::call::Codec;
 use ezk_sdp_types::{Direction, SessionDescription, TaggedAddress, TransportProtocol};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};

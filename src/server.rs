@@ -6,9 +6,10 @@
 //! row committed). Must not hold call logic: that is in `sip::endpoint`.
 
 use crate::app::{App, AppOutput, OperatorNames};
+use crate::call::MediaEvent;
 use crate::config::{CallerIdPolicy, Config};
 use crate::control::ControlCommand;
-use crate::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig, MediaEvent};
+use crate::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig};
 use crate::privacy::CallerIdFilter;
 use crate::sip::digest::DigestConfig;
 use crate::sip::endpoint::{CredentialLookup, RegistrarSetup};
@@ -32,7 +33,7 @@ pub fn registrar_setup(
     let realm = op.realm.clone();
     let credentials: CredentialLookup = Arc::new(move |user: &str| {
         let conn = conn.lock().ok()?;
-        match store::operator_credentials(&conn, user, &realm) {
+        match crate::accounts::credentials(&conn, user, &realm) {
             Ok(Some((name, ha1s))) => {
                 if let Ok(mut m) = names.lock() {
                     m.insert(user.to_string(), name);
@@ -228,7 +229,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 match ev {
                     MediaEvent::Allocated { call, port } => ep.media_allocated(now, call, port),
                     MediaEvent::Failed { call } => ep.media_failed(now, call),
-                    MediaEvent::RtpTimeout { call } => ep.hangup(now, call, crate::sip::EndReason::RtpTimeout),
+                    MediaEvent::RtpTimeout { call } => ep.hangup(now, call, crate::call::EndReason::RtpTimeout),
                     other => app.on_media_event(other, now),
                 }
             }
@@ -459,7 +460,7 @@ fn dispatch(
                 AppOutput::Store(cmd) => {
                     let _ = store_tx.send(cmd);
                 }
-                AppOutput::Hangup(call) => ep.hangup(now, call, crate::sip::EndReason::OurBye),
+                AppOutput::Hangup(call) => ep.hangup(now, call, crate::call::EndReason::OurBye),
                 AppOutput::Offer {
                     caller,
                     operator,

@@ -5,13 +5,15 @@
 //! times (RFC 4733, in-band or SIP INFO), record what it hears, hang up, and print one
 //! JSON object saying what happened.
 
+use crate::call::MediaEvent;
+use crate::call::{CallEvent, Peer};
 use crate::config::{ListenAddr, PortRange, Protocol};
-use crate::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig, MediaEvent};
+use crate::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig};
 use crate::media::prompt::{load_prompt, Prompt};
 use crate::media::recorder::VoicemailStopConfig;
 use crate::media::session::{DtmfMode, RecordSpec};
 use crate::sip::transport::{self, NetInput, TcpLimits};
-use crate::sip::{CallEvent, Endpoint, EndpointConfig, Output, Peer};
+use crate::sip::{Endpoint, EndpointConfig, Output};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -297,7 +299,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
                     }
                     if now >= a + opts.hangup_after {
                         hung_up = true;
-                        ep.hangup(now.into_std(), call, crate::sip::EndReason::OurBye);
+                        ep.hangup(now.into_std(), call, crate::call::EndReason::OurBye);
                     }
                 }
                 ep.handle_timeout(now.into_std());

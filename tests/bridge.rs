@@ -6,14 +6,12 @@
 //! The test plays both phones itself on 127.0.0.1 UDP sockets and drives the engine
 //! directly, without SIP.
 
+use hotline::call::{CallId, Channels, Codec, DigitSource, MediaCommand, MediaEvent};
 use hotline::config::PortRange;
-use hotline::media::dtmf::DigitSource;
-use hotline::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig, MediaEvent};
-use hotline::media::g711::{self, Codec};
-use hotline::media::recorder::Channels;
+use hotline::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig};
+use hotline::media::g711;
 use hotline::media::rtp::{RtpSender, MAX_PACKET};
 use hotline::media::session::{DtmfMode, MediaSession, SessionEvent};
-use hotline::sip::{CallId, MediaCommand};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

@@ -11,9 +11,9 @@
 //! decoded audio with [`Bridge::push_audio`], calls [`Bridge::tick`] once per clock
 //! tick and hands the frames out; tests drive it with simulated ticks.
 
-use super::dtmf::{DigitEvent, DigitSource};
 use super::rtp::SAMPLES_PER_FRAME;
 use super::session::DtmfMode;
+use crate::call::{DigitEvent, DigitSource};
 use std::collections::VecDeque;
 
 /// One 20 ms frame at 8 kHz.

@@ -2,29 +2,6 @@
 //! logic, the RFC 4733 event-code mapping, the keypad frequency grid and the dBm0
 //! level reference. It must not hold per-call state or know about any transport.
 
-/// How a digit reached us; the call logic may prefer one source when a peer sends
-/// the same key press through several paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DigitSource {
-    Rfc4733,
-    Inband,
-    SipInfo,
-}
-
-/// One key press, reported once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DigitEvent {
-    /// One of `0-9`, `*`, `#`, `A-D`.
-    pub digit: char,
-    pub source: DigitSource,
-    /// When the key press began, on the caller's millisecond timeline.
-    pub at_ms: u64,
-    /// Duration known when the event was reported. Digits are reported as soon as
-    /// they are recognised (so a caller can barge in), so this is a lower bound
-    /// for in-band and RFC 4733 digits.
-    pub duration_ms: u32,
-}
-
 /// Digits in RFC 4733 event-code order (codes 0..=15).
 pub const DIGITS: [char; 16] = [
     '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '*', '#', 'A', 'B', 'C', 'D',

@@ -14,14 +14,14 @@
 //! leg the other party's frame to send, and writes the pair to the stereo recording.
 
 use super::bridge::{Bridge, JitterConfig, Side};
-use super::dtmf::DigitEvent;
-use super::g711::Codec;
 use super::prompt::Prompt;
-use super::recorder::{Channels, RecorderConfig, RecordingInfo, StopReason, WavRecorder};
+use super::recorder::{RecorderConfig, WavRecorder};
 use super::rtp::MAX_PACKET;
 use super::session::{DtmfMode, MediaSession, RecordSpec, SessionEvent};
+use crate::call::Codec;
+use crate::call::{CallId, MediaCommand, MediaEvent};
+use crate::call::{Channels, StopReason};
 use crate::config::PortRange;
-use crate::sip::{CallId, MediaCommand};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -34,47 +34,6 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 pub const FRAME: Duration = Duration::from_millis(20);
-
-#[derive(Debug)]
-pub enum MediaEvent {
-    Allocated {
-        call: CallId,
-        port: u16,
-    },
-    Failed {
-        call: CallId,
-    },
-    RtpTimeout {
-        call: CallId,
-    },
-    Digit {
-        call: CallId,
-        digit: DigitEvent,
-    },
-    PlayFinished {
-        call: CallId,
-        token: u64,
-    },
-    RecordingStopped {
-        call: CallId,
-        reason: StopReason,
-        result: Result<RecordingInfo, String>,
-    },
-    /// The stereo recording of a bridge (caller left, operator right) is finished and
-    /// durable, or failed. Exactly once per bridge that asked for a recording, before
-    /// its `BridgeEnded`.
-    ConversationRecorded {
-        caller: CallId,
-        operator: CallId,
-        result: Result<RecordingInfo, String>,
-    },
-    /// A bridge ended (`Unbridge`, a leg stopped or timed out) or could not start.
-    /// Exactly once per `Bridge` command.
-    BridgeEnded {
-        caller: CallId,
-        operator: CallId,
-    },
-}
 
 /// What the call logic asks of a call's media.
 #[derive(Debug)]

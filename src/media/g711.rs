@@ -7,53 +7,7 @@
 
 use std::sync::OnceLock;
 
-/// A G.711 variant negotiated for a call leg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Codec {
-    Pcmu,
-    Pcma,
-}
-
-impl Codec {
-    /// Static RTP payload type (RFC 3551).
-    pub fn payload_type(self) -> u8 {
-        match self {
-            Codec::Pcmu => 0,
-            Codec::Pcma => 8,
-        }
-    }
-
-    pub fn from_payload_type(pt: u8) -> Option<Codec> {
-        match pt {
-            0 => Some(Codec::Pcmu),
-            8 => Some(Codec::Pcma),
-            _ => None,
-        }
-    }
-
-    /// Encoding name as it appears in an SDP `a=rtpmap` line.
-    pub fn sdp_name(self) -> &'static str {
-        match self {
-            Codec::Pcmu => "PCMU",
-            Codec::Pcma => "PCMA",
-        }
-    }
-
-    pub fn from_sdp_name(name: &str) -> Option<Codec> {
-        if name.eq_ignore_ascii_case("PCMU") {
-            Some(Codec::Pcmu)
-        } else if name.eq_ignore_ascii_case("PCMA") {
-            Some(Codec::Pcma)
-        } else {
-            None
-        }
-    }
-
-    /// The encoded byte for digital silence (the encoding of sample 0).
-    pub fn silence_byte(self) -> u8 {
-        encode_sample(self, 0)
-    }
-}
+use crate::call::Codec;
 
 pub fn encode_sample(codec: Codec, sample: i16) -> u8 {
     match codec {

@@ -10,7 +10,8 @@
 //! whole has the right frequencies and twist; it is released after five blocks
 //! without it, so the same key pressed again after a pause is a new digit.
 
-use super::dtmf::{dbm0_to_peak, DigitEvent, DigitSource, COL_FREQS, KEYPAD, ROW_FREQS};
+use super::dtmf::{dbm0_to_peak, COL_FREQS, KEYPAD, ROW_FREQS};
+use crate::call::{DigitEvent, DigitSource};
 use std::f64::consts::TAU;
 
 const SAMPLE_RATE: u32 = 8000;
@@ -479,9 +480,10 @@ impl InbandDetector {
 #[cfg(test)]
 mod tests {
     use super::super::dtmf::{digit_frequencies, DIGITS};
-    use super::super::g711::{decode_into, encode, Codec};
+    use super::super::g711::{decode_into, encode};
     use super::super::tone::{dtmf_tone, samples_for_ms, tones};
     use super::*;
+    use crate::call::Codec;
 
     const ALL: &str = "1234567890*#ABCD";
 

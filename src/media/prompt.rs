@@ -20,7 +20,8 @@ use std::sync::Arc;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler, WindowFunction};
 
-use super::g711::{self, Codec};
+use super::g711::{self};
+use crate::call::Codec;
 
 /// Output sample rate of every prompt.
 pub const SAMPLE_RATE: u32 = 8000;

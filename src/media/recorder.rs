@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::level::SilenceDetector;
+use crate::call::{Channels, RecordingInfo, StopReason};
 
 pub const SAMPLE_RATE: u32 = 8000;
 const SAMPLES_PER_MS: u64 = SAMPLE_RATE as u64 / 1000;
@@ -78,23 +79,6 @@ fn wav_err(path: &Path) -> impl FnOnce(hound::Error) -> RecorderError + '_ {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channels {
-    /// Voicemail: the caller only.
-    Mono,
-    /// Conversation: caller on the left, operator on the right.
-    Stereo,
-}
-
-impl Channels {
-    pub fn count(self) -> u16 {
-        match self {
-            Channels::Mono => 1,
-            Channels::Stereo => 2,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecorderConfig {
     pub channels: Channels,
     /// The header is rewritten and buffers handed to the OS after this many samples per
@@ -109,19 +93,6 @@ impl Default for RecorderConfig {
             flush_every_samples: SAMPLE_RATE,
         }
     }
-}
-
-/// A completed recording, durable on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordingInfo {
-    pub path: PathBuf,
-    pub channels: Channels,
-    /// Samples per channel.
-    pub samples: u64,
-    pub duration_ms: u64,
-    pub size_bytes: u64,
-    /// SHA-256 of the whole file as it is on disk.
-    pub sha256_hex: String,
 }
 
 /// Incremental 8 kHz 16-bit WAV writer for one call.
@@ -604,15 +575,6 @@ impl Default for VoicemailStopConfig {
             keep_silence_ms: 500,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    FinishKey,
-    Silence,
-    MaxLength,
-    HangUp,
-    NoSpeech,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

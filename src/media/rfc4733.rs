@@ -4,7 +4,8 @@
 //! timestamps only, and must not parse RTP headers, negotiate payload types, pace
 //! packets or touch sockets: those belong to the caller.
 
-use super::dtmf::{digit_to_event, event_to_digit, DigitEvent, DigitSource};
+use super::dtmf::{digit_to_event, event_to_digit};
+use crate::call::{DigitEvent, DigitSource};
 
 /// Largest value of the 16-bit duration field; an event lasting longer is split
 /// into segments (RFC 4733 §2.5.1.3).

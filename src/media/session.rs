@@ -9,17 +9,16 @@
 //! and the clock: `on_rtp` takes a received packet, `on_tick` fills the next packet
 //! to send, events come out of `poll_event`. Must not know about SIP or the IVR.
 
-use super::dtmf::{DigitEvent, DigitSource};
-use super::g711::{self, Codec};
+use super::g711::{self};
 use super::inband::InbandDetector;
 use super::prompt::{Prompt, PromptPlayer};
-use super::recorder::{
-    Channels, RecorderConfig, RecordingInfo, StopReason, VoicemailStop, VoicemailStopConfig,
-    WavRecorder,
-};
+use super::recorder::{RecorderConfig, VoicemailStop, VoicemailStopConfig, WavRecorder};
 use super::reorder::{Frame, ReorderBuffer};
 use super::rfc4733::{Rfc4733Receiver, Rfc4733Sender};
 use super::rtp::{RtpSender, MAX_PACKET, SAMPLES_PER_FRAME};
+use crate::call::Codec;
+use crate::call::{Channels, RecordingInfo, StopReason};
+use crate::call::{DigitEvent, DigitSource};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;

@@ -647,6 +647,16 @@ fn hmac_sha256(key: &[u8; 32], message: &[&[u8]]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_configurable_algorithms_are_the_implemented_ones() {
+        for name in crate::config::DIGEST_ALGORITHMS {
+            let a = Algorithm::from_token(name).expect("implemented");
+            assert_eq!(a.as_str(), *name);
+        }
+        assert_eq!(crate::config::DIGEST_ALGORITHMS.len(), 2);
+        assert!(Algorithm::from_token("SHA-512-256").is_none());
+    }
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 

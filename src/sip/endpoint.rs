@@ -21,7 +21,7 @@ use super::registrar::{
 use super::transaction::{
     ClientTransaction, ClientVerdict, ServerTransaction, TimerConfig, TxEvent,
 };
-use crate::media::g711::Codec;
+use crate::call::{CallEvent, CallId, Codec, Direction, EndReason, Link, MediaCommand, Peer};
 use crate::sdp::{self, RemoteMedia, SdpOrigin};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -29,128 +29,6 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-pub type CallId = u64;
-
-/// How a message reached us, and so how to answer: a UDP socket (by index) or a TCP
-/// connection (by id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Link {
-    Udp(usize),
-    Tcp(u64),
-}
-
-impl Link {
-    pub fn reliable(self) -> bool {
-        matches!(self, Link::Tcp(_))
-    }
-    fn via_transport(self) -> &'static str {
-        match self {
-            Link::Udp(_) => "UDP",
-            Link::Tcp(_) => "TCP",
-        }
-    }
-}
-
-/// A destination: which socket or connection, the remote address, and our local
-/// address on it (for Via and Contact).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    pub link: Link,
-    pub remote: SocketAddr,
-    pub local: SocketAddr,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    CallerBye,
-    OurBye,
-    Cancel,
-    NoAck,
-    MaxDuration,
-    RtpTimeout,
-    RejectedBusy,
-    RejectedCodec,
-    Rejected(u16),
-    Timeout,
-    Shutdown,
-    Error,
-}
-
-impl EndReason {
-    pub fn as_str(&self) -> String {
-        match self {
-            EndReason::CallerBye => "caller-bye".into(),
-            EndReason::OurBye => "our-bye".into(),
-            EndReason::Cancel => "cancel".into(),
-            EndReason::NoAck => "timeout-no-ack".into(),
-            EndReason::MaxDuration => "max-duration".into(),
-            EndReason::RtpTimeout => "rtp-timeout".into(),
-            EndReason::RejectedBusy => "rejected-busy".into(),
-            EndReason::RejectedCodec => "rejected-codec".into(),
-            EndReason::Rejected(code) => format!("rejected-{code}"),
-            EndReason::Timeout => "timeout".into(),
-            EndReason::Shutdown => "shutdown".into(),
-            EndReason::Error => "error".into(),
-        }
-    }
-}
-
-/// Facts about calls, for storage and logs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CallEvent {
-    Started {
-        call: CallId,
-        sip_call_id: String,
-        /// The caller's identity after the caller-ID policy was applied.
-        from: Option<String>,
-        to: String,
-        remote: SocketAddr,
-        transport: &'static str,
-        direction: Direction,
-        at: SystemTime,
-    },
-    Answered {
-        call: CallId,
-        codec: Codec,
-        at: SystemTime,
-    },
-    Ended {
-        call: CallId,
-        reason: EndReason,
-        at: SystemTime,
-    },
-}
-
-/// Media instructions for the RTP layer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MediaCommand {
-    /// Reserve an RTP port for the call; answer with `media_allocated` / `media_failed`.
-    Allocate {
-        call: CallId,
-        local_ip: IpAddr,
-    },
-    /// Start or update the stream (also on re-INVITE).
-    Start {
-        call: CallId,
-        remote: Option<SocketAddr>,
-        /// Where the call's SIP came from: media from this address is the caller's
-        /// too (a NATed phone signals a private address but sends from its public one).
-        signal_ip: IpAddr,
-        codec: Codec,
-        telephone_event_pt: Option<u8>,
-        send: bool,
-    },
-    Stop {
-        call: CallId,
-    },
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {

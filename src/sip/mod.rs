@@ -13,8 +13,5 @@ pub mod registrar;
 pub mod transaction;
 pub mod transport;
 
-pub use endpoint::{
-    CallEvent, CallId, Direction, EndReason, Endpoint, EndpointConfig, Link, MediaCommand, Output,
-    Peer,
-};
+pub use endpoint::{Endpoint, EndpointConfig, Output};
 pub use transaction::TimerConfig;

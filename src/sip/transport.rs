@@ -6,8 +6,8 @@
 //! must not interpret SIP. Sends never block the endpoint: a full connection queue or
 //! an unreachable address loses the message like any datagram, and is counted.
 
-use super::endpoint::{Link, Peer};
 use super::raw::{StreamFramer, StreamItem};
+use crate::call::{Link, Peer};
 use crate::config::{ListenAddr, Protocol};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

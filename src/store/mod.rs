@@ -9,11 +9,12 @@
 mod operators;
 
 pub use operators::{
-    add_operator, list_operators, operator_credentials, remove_operator, set_operator_password,
-    NewOperator, OperatorError, OperatorRow,
+    all_operator_hashes, check_name, insert_operator, list_operators, operator_hashes,
+    operator_username, remove_operator, update_operator_hashes, NewOperator, OperatorError,
+    OperatorRow, PasswordHashes, MAX_NAME_CHARS,
 };
 
-use crate::sip::{CallEvent, CallId, Direction};
+use crate::call::{CallEvent, CallId, Direction};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -204,7 +205,7 @@ pub enum StoreCommand {
     Recording {
         call: CallId,
         kind: &'static str,
-        info: crate::media::recorder::RecordingInfo,
+        info: crate::call::RecordingInfo,
         partial: bool,
         reply: Option<tokio::sync::mpsc::UnboundedSender<(CallId, bool)>>,
     },
@@ -378,7 +379,7 @@ fn insert_recording(
     rows: &HashMap<CallId, i64>,
     call: CallId,
     kind: &str,
-    info: &crate::media::recorder::RecordingInfo,
+    info: &crate::call::RecordingInfo,
     partial: bool,
 ) -> rusqlite::Result<bool> {
     let Some(id) = rows.get(&call) else {
@@ -766,8 +767,8 @@ pub fn count_calls(conn: &Connection) -> rusqlite::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::g711::Codec;
-    use crate::sip::EndReason;
+    use crate::call::Codec;
+    use crate::call::EndReason;
 
     #[test]
     fn writer_batches_and_lists_newest_first() {

@@ -1,29 +1,32 @@
-//! Operator accounts: pseudonym, SIP username and digest HA1s, and the queries behind
-//! `hotline operator add|list|remove|passwd`.
+//! Operator accounts as stored: pseudonym, SIP username and the password hashes the
+//! accounts layer derived, and the queries behind `hotline operator add|list|remove|
+//! passwd`.
 //!
-//! Owns the `operators` table and reads `operator_events`. Plain passwords pass through
-//! here only to derive the HA1s and to be shown once to the administrator; they are
-//! never stored or logged. Every function takes a plain connection, so the CLI works
+//! Owns the `operators` table and reads `operator_events`. It never sees a password
+//! and does not interpret the hashes it keeps (deriving them is SIP's business, see
+//! `crate::accounts`). Every function takes a plain connection, so the CLI works
 //! whether or not the server runs (WAL and the busy timeout of `store::open` make the
 //! two share the file).
 
-use crate::sip::digest::{ha1, Algorithm, Ha1Set};
-use rand::rngs::OsRng;
-use rand::Rng;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::time::SystemTime;
 
 /// Longest operator name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
-/// Shortest password an administrator may choose.
-pub const MIN_PASSWORD_CHARS: usize = 8;
-/// Length of a generated password.
-const GENERATED_PASSWORD_CHARS: usize = 20;
-/// No 0/O/o, 1/l/I: a password read aloud or copied from a screen survives.
-const PASSWORD_ALPHABET: &[u8] = b"23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
-/// Attempts at a free random SIP username before giving up.
-const USERNAME_ATTEMPTS: usize = 100;
+
+/// What is stored of an account's password: hashes derived outside the store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHashes {
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+}
+
+impl std::fmt::Debug for PasswordHashes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordHashes(..)")
+    }
+}
 
 /// What the administrator is shown once after `operator add` or `operator passwd`.
 #[derive(Debug, Clone, Serialize)]
@@ -67,7 +70,7 @@ pub enum OperatorError {
     Database(#[from] rusqlite::Error),
 }
 
-fn check_name(name: &str) -> Result<(), OperatorError> {
+pub fn check_name(name: &str) -> Result<(), OperatorError> {
     if name.trim().is_empty() {
         return Err(OperatorError::EmptyName);
     }
@@ -82,40 +85,6 @@ fn check_name(name: &str) -> Result<(), OperatorError> {
         return Err(OperatorError::SurroundingWhitespace);
     }
     Ok(())
-}
-
-/// A given password is checked; none means one is generated.
-fn choose_password(password: Option<&str>) -> Result<String, OperatorError> {
-    match password {
-        Some(p) if p.chars().count() < MIN_PASSWORD_CHARS => Err(OperatorError::PasswordTooShort),
-        Some(p) if p.chars().any(char::is_control) => Err(OperatorError::PasswordControlCharacters),
-        Some(p) => Ok(p.to_string()),
-        None => Ok(generate_password()),
-    }
-}
-
-fn generate_password() -> String {
-    let mut rng = OsRng;
-    (0..GENERATED_PASSWORD_CHARS)
-        .map(|_| PASSWORD_ALPHABET[rng.gen_range(0..PASSWORD_ALPHABET.len())] as char)
-        .collect()
-}
-
-/// The name itself, lowercased, when it makes a plain SIP username: `[a-z0-9][a-z0-9._-]{0,31}`.
-fn username_from_name(name: &str) -> Option<String> {
-    let lower = name.to_lowercase();
-    let bytes = lower.as_bytes();
-    let ok = !bytes.is_empty()
-        && bytes.len() <= 32
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes[1..]
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
-    ok.then_some(lower)
-}
-
-fn random_username() -> String {
-    format!("op{:06}", OsRng.gen_range(0..1_000_000u32))
 }
 
 fn name_taken(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
@@ -156,49 +125,33 @@ fn unique_violation(e: &rusqlite::Error) -> Option<&'static str> {
     }
 }
 
-/// Creates an operator account. The password, given or generated, is returned once and
-/// only its HA1s (MD5 and SHA-256, RFC 8760) are stored.
-pub fn add_operator(
+/// Stores a new account under the first free SIP username of `usernames`, with the
+/// hashes `hash(username)` gives.
+pub fn insert_operator(
     conn: &Connection,
     name: &str,
     realm: &str,
-    password: Option<&str>,
-) -> Result<NewOperator, OperatorError> {
+    usernames: &mut dyn Iterator<Item = String>,
+    hash: &dyn Fn(&str) -> PasswordHashes,
+    now: SystemTime,
+) -> Result<String, OperatorError> {
     check_name(name)?;
-    let password = choose_password(password)?;
     if name_taken(conn, name)? {
         return Err(OperatorError::Duplicate(name.to_string()));
     }
-    let mut preferred = username_from_name(name);
-    let now = super::rfc3339(SystemTime::now());
-    for _ in 0..USERNAME_ATTEMPTS {
-        let user = match preferred.take() {
-            Some(u) => u,
-            None => random_username(),
-        };
+    let now = super::rfc3339(now);
+    for user in usernames {
         if username_taken(conn, &user)? {
             continue;
         }
+        let hashes = hash(&user);
         let inserted = conn.execute(
             "INSERT INTO operators (name, sip_username, realm, ha1_md5, ha1_sha256, created_at, password_changed_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![
-                name,
-                user,
-                realm,
-                ha1(Algorithm::Md5, &user, realm, &password),
-                ha1(Algorithm::Sha256, &user, realm, &password),
-                now
-            ],
+            params![name, user, realm, hashes.ha1_md5, hashes.ha1_sha256, now],
         );
         match inserted {
-            Ok(_) => {
-                return Ok(NewOperator {
-                    name: name.to_string(),
-                    sip_username: user,
-                    password,
-                })
-            }
+            Ok(_) => return Ok(user),
             // Another `operator add` got there between our check and the insert.
             Err(e) => match unique_violation(&e) {
                 Some("name") => return Err(OperatorError::Duplicate(name.to_string())),
@@ -244,53 +197,53 @@ pub fn remove_operator(conn: &Connection, name: &str) -> Result<(), OperatorErro
     Ok(())
 }
 
-/// Replaces the password (given or generated); also re-derives the HA1s for `realm`,
-/// which is how an administrator moves accounts to a new realm.
-pub fn set_operator_password(
+/// The SIP username of the account called `name`.
+pub fn operator_username(conn: &Connection, name: &str) -> Result<String, OperatorError> {
+    conn.query_row(
+        "SELECT sip_username FROM operators WHERE name = ?1",
+        params![name],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| OperatorError::NotFound(name.to_string()))
+}
+
+/// Replaces the stored hashes of `name` (whose SIP username is `user`), and its realm:
+/// how an administrator moves accounts to a new realm.
+pub fn update_operator_hashes(
     conn: &Connection,
     name: &str,
+    user: &str,
     realm: &str,
-    password: Option<&str>,
-) -> Result<NewOperator, OperatorError> {
-    let password = choose_password(password)?;
-    let user: String = conn
-        .query_row(
-            "SELECT sip_username FROM operators WHERE name = ?1",
-            params![name],
-            |r| r.get(0),
-        )
-        .optional()?
-        .ok_or_else(|| OperatorError::NotFound(name.to_string()))?;
+    hashes: &PasswordHashes,
+    now: SystemTime,
+) -> Result<(), OperatorError> {
     let n = conn.execute(
         "UPDATE operators SET realm = ?1, ha1_md5 = ?2, ha1_sha256 = ?3, password_changed_at = ?4
          WHERE name = ?5 AND sip_username = ?6",
         params![
             realm,
-            ha1(Algorithm::Md5, &user, realm, &password),
-            ha1(Algorithm::Sha256, &user, realm, &password),
-            super::rfc3339(SystemTime::now()),
+            hashes.ha1_md5,
+            hashes.ha1_sha256,
+            super::rfc3339(now),
             name,
             user
         ],
     )?;
     if n == 0 {
-        // Removed (or re-created) between the two statements.
+        // Removed (or re-created) meanwhile.
         return Err(OperatorError::NotFound(name.to_string()));
     }
-    Ok(NewOperator {
-        name: name.to_string(),
-        sip_username: user,
-        password,
-    })
+    Ok(())
 }
 
-/// The operator's name and stored HA1s for a digest check, or None when there is no
-/// such SIP username or its HA1s were derived for another realm.
-pub fn operator_credentials(
+/// The operator's name and stored hashes for a digest check, or None when there is no
+/// such SIP username or its hashes were derived for another realm.
+pub fn operator_hashes(
     conn: &Connection,
     sip_username: &str,
     realm: &str,
-) -> rusqlite::Result<Option<(String, Ha1Set)>> {
+) -> rusqlite::Result<Option<(String, PasswordHashes)>> {
     let row = conn
         .query_row(
             "SELECT name, realm, ha1_md5, ha1_sha256 FROM operators WHERE sip_username = ?1",
@@ -305,212 +258,35 @@ pub fn operator_credentials(
             },
         )
         .optional()?;
-    Ok(row.and_then(|(name, stored_realm, md5, sha256)| {
+    Ok(row.and_then(|(name, stored_realm, ha1_md5, ha1_sha256)| {
         (stored_realm == realm).then_some((
             name,
-            Ha1Set {
-                md5: Some(md5),
-                sha256: Some(sha256),
+            PasswordHashes {
+                ha1_md5,
+                ha1_sha256,
             },
         ))
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::open;
-
-    fn db() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = open(&dir.path().join("hotline.db")).unwrap();
-        (dir, conn)
-    }
-
-    #[test]
-    fn usernames_from_names() {
-        assert_eq!(username_from_name("Anna").as_deref(), Some("anna"));
-        assert_eq!(username_from_name("op.7_b-c").as_deref(), Some("op.7_b-c"));
-        assert_eq!(username_from_name("9lives").as_deref(), Some("9lives"));
-        assert_eq!(
-            username_from_name(&"a".repeat(32)).as_deref(),
-            Some(&*"a".repeat(32))
-        );
-        assert_eq!(username_from_name(&"a".repeat(33)), None);
-        assert_eq!(username_from_name("-anna"), None);
-        assert_eq!(username_from_name(".anna"), None);
-        assert_eq!(username_from_name("Анна"), None);
-        assert_eq!(username_from_name("anna smith"), None);
-        assert_eq!(username_from_name("anna@x"), None);
-        // Lowercasing that changes the byte length must not slip through.
-        assert_eq!(username_from_name("İ"), None);
-    }
-
-    #[test]
-    fn generated_passwords() {
-        let a = generate_password();
-        let b = generate_password();
-        assert_eq!(a.len(), 20);
-        assert_ne!(a, b);
-        assert!(a.bytes().all(|c| PASSWORD_ALPHABET.contains(&c)));
-        for c in b"0O1lI" {
-            assert!(!PASSWORD_ALPHABET.contains(c));
-        }
-    }
-
-    #[test]
-    fn add_stores_only_ha1s() {
-        let (dir, conn) = db();
-        let op = add_operator(&conn, "Anna", "hotline", None).unwrap();
-        assert_eq!(op.name, "Anna");
-        assert_eq!(op.sip_username, "anna");
-        assert_eq!(op.password.len(), 20);
-        let (name, set) = operator_credentials(&conn, "anna", "hotline")
-            .unwrap()
-            .unwrap();
-        assert_eq!(name, "Anna");
-        assert_eq!(set, Ha1Set::from_password("anna", "hotline", &op.password));
-        assert_eq!(
-            set.md5.as_deref(),
-            Some(&*ha1(Algorithm::Md5, "anna", "hotline", &op.password))
-        );
-        assert_eq!(
-            set.sha256.as_deref(),
-            Some(&*ha1(Algorithm::Sha256, "anna", "hotline", &op.password))
-        );
-        // Another realm: the HA1s would not verify, so none are handed out.
-        assert!(operator_credentials(&conn, "anna", "other")
-            .unwrap()
-            .is_none());
-        assert!(operator_credentials(&conn, "nobody", "hotline")
-            .unwrap()
-            .is_none());
-        // The password is nowhere in the database files (main file, WAL, shm).
-        let given = add_operator(&conn, "Борис", "hotline", Some("correct horse")).unwrap();
-        assert!(given.sip_username.starts_with("op"));
-        assert_eq!(given.sip_username.len(), 8);
-        assert!(given.sip_username[2..].bytes().all(|b| b.is_ascii_digit()));
-        assert_eq!(given.password, "correct horse");
-        drop(conn);
-        let mut seen = 0;
-        for entry in std::fs::read_dir(dir.path()).unwrap() {
-            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            seen += bytes.len();
-            for secret in [op.password.as_bytes(), b"correct horse"] {
-                assert!(!bytes.windows(secret.len()).any(|w| w == secret));
-            }
-        }
-        assert!(seen > 0);
-    }
-
-    #[test]
-    fn add_refuses_bad_input() {
-        let (_dir, conn) = db();
-        add_operator(&conn, "anna", "hotline", None).unwrap();
-        let err =
-            |name: &str, pw: Option<&str>| add_operator(&conn, name, "hotline", pw).unwrap_err();
-        assert!(matches!(err("", None), OperatorError::EmptyName));
-        assert!(matches!(err("   ", None), OperatorError::EmptyName));
-        assert!(matches!(
-            err(" anna", None),
-            OperatorError::SurroundingWhitespace
-        ));
-        assert!(matches!(
-            err("an\nna", None),
-            OperatorError::ControlCharacters
-        ));
-        assert!(matches!(
-            err("an\u{7f}na", None),
-            OperatorError::ControlCharacters
-        ));
-        assert!(matches!(
-            err(&"я".repeat(65), None),
-            OperatorError::NameTooLong(65)
-        ));
-        assert!(add_operator(&conn, &"я".repeat(64), "hotline", None).is_ok());
-        assert!(matches!(
-            err("bob", Some("short")),
-            OperatorError::PasswordTooShort
-        ));
-        assert!(matches!(
-            err("bob", Some("longer\tpassword")),
-            OperatorError::PasswordControlCharacters
-        ));
-        let dup = err("anna", None);
-        assert!(matches!(dup, OperatorError::Duplicate(_)));
-        assert_eq!(dup.to_string(), "an operator named \"anna\" already exists");
-        // Same username after lowercasing: the second account gets a random one.
-        let other = add_operator(&conn, "ANNA", "hotline", None).unwrap();
-        assert!(other.sip_username.starts_with("op"));
-        assert_eq!(list_operators(&conn).unwrap().len(), 3);
-    }
-
-    #[test]
-    fn list_remove_passwd() {
-        let (_dir, conn) = db();
-        add_operator(&conn, "boris", "hotline", Some("password1")).unwrap();
-        add_operator(&conn, "anna", "hotline", Some("password2")).unwrap();
-        conn.execute(
-            "INSERT INTO operator_events (operator, state, source, at) VALUES
-             ('anna', 'available', 'registrar', ?1), ('anna', 'on_call', 'queue', ?1)",
-            params![crate::store::rfc3339(SystemTime::now())],
-        )
-        .unwrap();
-        let list = list_operators(&conn).unwrap();
-        assert_eq!(list.len(), 2);
-        assert_eq!(list[0].name, "anna");
-        assert_eq!(list[0].last_state.as_deref(), Some("on_call"));
-        assert!(list[0].last_state_at.is_some());
-        assert_eq!(list[1].name, "boris");
-        assert_eq!(list[1].last_state, None);
-
-        let changed = set_operator_password(&conn, "anna", "hotline", None).unwrap();
-        assert_eq!(changed.sip_username, "anna");
-        assert_eq!(changed.password.len(), 20);
-        let (_, set) = operator_credentials(&conn, "anna", "hotline")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            set,
-            Ha1Set::from_password("anna", "hotline", &changed.password)
-        );
-        // passwd moves the account to the realm it is given.
-        set_operator_password(&conn, "anna", "new-realm", Some("password3")).unwrap();
-        assert!(operator_credentials(&conn, "anna", "hotline")
-            .unwrap()
-            .is_none());
-        let (_, set) = operator_credentials(&conn, "anna", "new-realm")
-            .unwrap()
-            .unwrap();
-        assert_eq!(set, Ha1Set::from_password("anna", "new-realm", "password3"));
-        assert!(matches!(
-            set_operator_password(&conn, "anna", "hotline", Some("short")),
-            Err(OperatorError::PasswordTooShort)
-        ));
-        assert!(matches!(
-            set_operator_password(&conn, "carl", "hotline", None),
-            Err(OperatorError::NotFound(_))
-        ));
-
-        remove_operator(&conn, "anna").unwrap();
-        let err = remove_operator(&conn, "anna").unwrap_err();
-        assert_eq!(err.to_string(), "no operator named \"anna\"");
-        assert!(operator_credentials(&conn, "anna", "new-realm")
-            .unwrap()
-            .is_none());
-        let events: i64 = conn
-            .query_row("SELECT count(*) FROM operator_events", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(events, 2, "history is kept");
-        // A new account under the old name does not inherit the old states.
-        conn.execute(
-            "UPDATE operator_events SET at = '2000-01-01T00:00:00.5Z'",
-            [],
-        )
-        .unwrap();
-        add_operator(&conn, "anna", "hotline", None).unwrap();
-        let list = list_operators(&conn).unwrap();
-        assert_eq!(list[0].name, "anna");
-        assert_eq!(list[0].last_state, None);
-    }
+/// Every account's SIP username and stored hashes for `realm` (the registrar holds
+/// them in memory, so no query runs on the SIP path).
+pub fn all_operator_hashes(
+    conn: &Connection,
+    realm: &str,
+) -> rusqlite::Result<Vec<(String, String, PasswordHashes)>> {
+    let mut stmt = conn.prepare(
+        "SELECT sip_username, name, ha1_md5, ha1_sha256 FROM operators WHERE realm = ?1",
+    )?;
+    let rows = stmt.query_map(params![realm], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            PasswordHashes {
+                ha1_md5: r.get(2)?,
+                ha1_sha256: r.get(3)?,
+            },
+        ))
+    })?;
+    rows.collect()
 }
