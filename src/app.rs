@@ -16,8 +16,8 @@ use crate::config::{Config, QueueConfig as QueueSettings, QueueStrategy};
 use crate::ivr::{self, Action, Engine, Event, Flow, PlayId, QueueOutcome, RecordStop};
 use crate::media::engine::EngineCommand;
 use crate::media::prompt::{PromptLimits, PromptSet};
-use crate::media::recorder::VoicemailStopConfig;
 use crate::media::session::RecordSpec;
+use crate::media::voicemail::VoicemailStopConfig;
 use crate::queue::core::{
     self as qcore, EventKind, Input as QueueInput, OperatorState, Queue, QueueSnapshot,
     VoicemailReason,

@@ -4,6 +4,7 @@
 //! RTP sockets and paces every call's packets from one clock.
 
 pub mod bridge;
+pub mod core;
 pub mod dtmf;
 pub mod engine;
 pub mod g711;
@@ -11,9 +12,11 @@ pub mod inband;
 pub mod level;
 pub mod prompt;
 pub mod recorder;
+pub mod recording_sink;
 pub mod reorder;
 pub mod rfc4733;
 pub mod rtp;
 pub mod session;
 pub mod sip_info;
 pub mod tone;
+pub mod voicemail;

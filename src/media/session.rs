@@ -1,26 +1,27 @@
 //! One call's media, sans-IO: what to send every 20 ms and what the received RTP
-//! means (audio for the recorder and the in-band detector, telephone-events, digits).
+//! means (audio for a recording and the in-band detector, telephone-events, digits).
 //!
 //! Owns the per-call pipeline: prompt playback with barge-in, outgoing DTMF (RFC 4733
 //! events or in-band tones), reorder buffer -> G.711 decode -> in-band detection ->
-//! voicemail recording with its stop rules, and the relay tap used while the call is
+//! voice message audio with its stop rules, and the relay tap used while the call is
 //! bridged to another leg (received audio and digits kept for the engine, the other
 //! party's audio sent in this leg's codec). The caller of this type owns the socket
 //! and the clock: `on_rtp` takes a received packet, `on_tick` fills the next packet
-//! to send, events come out of `poll_event`. Must not know about SIP or the IVR.
+//! to send, events come out of `poll_event`, recorded audio out of
+//! `take_recorded_audio`. Must not know about SIP or the IVR, and must not touch
+//! files: a recording's audio goes to the engine's recording sink.
 
 use super::g711::{self};
 use super::inband::InbandDetector;
 use super::prompt::{Prompt, PromptPlayer};
-use super::recorder::{RecorderConfig, VoicemailStop, VoicemailStopConfig, WavRecorder};
 use super::reorder::{Frame, ReorderBuffer};
 use super::rfc4733::{Rfc4733Receiver, Rfc4733Sender};
 use super::rtp::{RtpSender, MAX_PACKET, SAMPLES_PER_FRAME};
+use super::voicemail::{VoicemailStop, VoicemailStopConfig};
 use crate::call::Codec;
-use crate::call::{Channels, RecordingInfo, StopReason};
+use crate::call::StopReason;
 use crate::call::{DigitEvent, DigitSource};
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::Arc;
 
 /// How digits we send leave the call.
@@ -35,9 +36,13 @@ pub enum SessionEvent {
     Digit(DigitEvent),
     /// The prompts started with `play(token, ..)` have all been sent.
     PlayFinished(u64),
+    /// The voice message ended: `audio` is what was received since the last
+    /// `take_recorded_audio`, and the recording keeps its first `keep_samples` samples
+    /// (trailing silence and overshoot are cut).
     RecordingStopped {
         reason: StopReason,
-        result: Result<RecordingInfo, String>,
+        keep_samples: u64,
+        audio: Vec<i16>,
     },
 }
 
@@ -48,9 +53,14 @@ pub struct RecordSpec {
 }
 
 struct Recording {
-    writer: WavRecorder,
     stop: VoicemailStop,
+    /// Received audio not yet taken by the engine.
+    audio: Vec<i16>,
 }
+
+/// Recorded audio held for the engine at most (60 s): it takes it every tick, so this
+/// bounds memory only while the engine stalls; beyond it the oldest is dropped.
+const RECORDING_BACKLOG: usize = 480_000;
 
 /// Received audio kept for the bridge between two ticks: 200 ms (the engine takes it
 /// every 20 ms; more only piles up while the engine stalls, and the oldest goes).
@@ -321,9 +331,11 @@ impl MediaSession {
             }
         }
         if let Some(r) = recording.as_mut() {
-            if r.writer.write_mono(pcm).is_err() {
-                tracing::error!("recording write failed");
+            if r.audio.len() + pcm.len() > RECORDING_BACKLOG {
+                let excess = (r.audio.len() + pcm.len() - RECORDING_BACKLOG).min(r.audio.len());
+                r.audio.drain(..excess);
             }
+            r.audio.extend_from_slice(pcm);
             if let Some(stop) = stop_for_digit.or_else(|| r.stop.push_frame(pcm)) {
                 Self::finish(recording, stop.reason, Some(stop.keep_samples), events);
             }
@@ -416,24 +428,34 @@ impl MediaSession {
 
     // ---- recording ------------------------------------------------------------
 
-    /// Starts recording the caller's audio to `path` (mono, 8 kHz, 16-bit).
-    pub fn start_recording(&mut self, path: &Path, spec: &RecordSpec) -> Result<(), String> {
+    /// Starts keeping the caller's audio for a voice message (mono, 8 kHz, 16-bit),
+    /// to be taken with [`take_recorded_audio`](Self::take_recorded_audio).
+    pub fn start_recording(&mut self, spec: &RecordSpec) -> Result<(), String> {
         if self.recording.is_some() {
             return Err("already recording".into());
         }
-        let writer = WavRecorder::create(
-            path,
-            RecorderConfig {
-                channels: Channels::Mono,
-                ..RecorderConfig::default()
-            },
-        )
-        .map_err(|e| e.to_string())?;
         self.recording = Some(Recording {
-            writer,
             stop: VoicemailStop::new(&spec.stop),
+            audio: Vec::with_capacity(1600),
         });
         Ok(())
+    }
+
+    /// The recording's audio received so far, when at least `min_samples` are held.
+    pub fn take_recorded_audio(&mut self, min_samples: usize) -> Option<Vec<i16>> {
+        let r = self.recording.as_mut()?;
+        if r.audio.is_empty() || r.audio.len() < min_samples {
+            return None;
+        }
+        Some(std::mem::replace(
+            &mut r.audio,
+            Vec::with_capacity(min_samples.max(160)),
+        ))
+    }
+
+    /// Abandons the recording without a stop event (its file could not be created).
+    pub fn drop_recording(&mut self) {
+        self.recording = None;
     }
 
     pub fn is_recording(&self) -> bool {
@@ -460,12 +482,12 @@ impl MediaSession {
         events: &mut VecDeque<SessionEvent>,
     ) {
         let Some(r) = recording.take() else { return };
-        let result = match keep {
-            Some(k) if k < r.writer.samples() => r.writer.finish_truncated(k),
-            _ => r.writer.finish(),
-        }
-        .map_err(|e| e.to_string());
-        events.push_back(SessionEvent::RecordingStopped { reason, result });
+        let keep_samples = keep.unwrap_or(u64::MAX).min(r.stop.samples());
+        events.push_back(SessionEvent::RecordingStopped {
+            reason,
+            keep_samples,
+            audio: r.audio,
+        });
     }
 }
 
@@ -547,39 +569,45 @@ mod tests {
     }
 
     #[test]
-    fn recording_stops_on_finish_key_and_keeps_audio() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vm.wav");
+    fn recording_stops_on_finish_key_and_hands_out_its_audio() {
         let mut s = MediaSession::new(Codec::Pcma, Some(101), false);
-        s.start_recording(
-            &path,
-            &RecordSpec {
-                stop: VoicemailStopConfig::default(),
-            },
-        )
+        s.start_recording(&RecordSpec {
+            stop: VoicemailStopConfig::default(),
+        })
         .unwrap();
+        assert!(s
+            .start_recording(&RecordSpec {
+                stop: VoicemailStopConfig::default(),
+            })
+            .is_err());
         let mut peer = RtpSender::new(1, 65500, 0);
         let tone: Vec<i16> = (0..160)
             .map(|i| ((i as f64 * 0.3).sin() * 8000.0) as i16)
             .collect();
         let mut enc = Vec::new();
         g711::encode(Codec::Pcma, &tone, &mut enc);
+        let mut taken = 0;
         for t in 0..100 {
             let p = packet(&mut peer, 8, &enc);
             s.on_rtp(&p, t * 20);
+            if t % 10 == 9 {
+                taken += s.take_recorded_audio(1600).map_or(0, |a| a.len());
+            }
         }
+        assert_eq!(taken, 16000, "taken in batches");
+        assert!(s.take_recorded_audio(1).is_none());
         s.on_info_digit('#', 100);
         let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
         let stopped = events.iter().find_map(|e| match e {
-            SessionEvent::RecordingStopped { reason, result } => Some((*reason, result.clone())),
+            SessionEvent::RecordingStopped {
+                reason,
+                keep_samples,
+                audio,
+            } => Some((*reason, *keep_samples, audio.len())),
             _ => None,
         });
-        let (reason, result) = stopped.expect("stopped");
-        assert_eq!(reason, StopReason::FinishKey);
-        let info = result.unwrap();
-        assert_eq!(info.duration_ms, 2000);
-        let reader = hound::WavReader::open(&path).unwrap();
-        assert_eq!(reader.len(), 16000);
+        assert_eq!(stopped, Some((StopReason::FinishKey, 16000, 0)));
+        assert!(!s.is_recording());
     }
 
     #[test]

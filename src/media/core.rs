@@ -1,0 +1,1002 @@
+//! Every call's media together, sans-IO: the RTP port pool, one `MediaSession` per
+//! leg with its send address and latching, the bridges between legs, the RTP timeout,
+//! and the recordings' audio on its way to the recording sink.
+//!
+//! Owns what the engine's commands mean and what happens on each 20 ms tick. Time is
+//! the engine's millisecond count, passed in; randomness (the port order) is a seeded
+//! generator passed in. It never opens a socket or a file: the engine binds ports and
+//! sends the packets `tick` hands it, and the recording sink (a thread of its own)
+//! writes, flushes, fsyncs and hashes recordings from the `SinkCommand`s this emits,
+//! answering with `on_sink_result`. Received packets reach a leg through its
+//! `LegHandle` (the engine's receive task locks one leg at a time).
+
+use super::bridge::{Bridge, JitterConfig, Side};
+use super::prompt::Prompt;
+use super::rtp::MAX_PACKET;
+use super::session::{DtmfMode, MediaSession, RecordSpec, SessionEvent};
+use crate::call::{CallId, Channels, Codec, MediaCommand, MediaEvent, RecordingInfo, StopReason};
+use crate::config::PortRange;
+use rand::RngCore;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One media clock tick.
+pub const FRAME_MS: u64 = 20;
+
+/// What the call logic asks of a call's media.
+#[derive(Debug)]
+pub enum EngineCommand {
+    Sip(MediaCommand),
+    Play {
+        call: CallId,
+        token: u64,
+        prompts: Vec<Arc<Prompt>>,
+        looping: bool,
+    },
+    StopPlayback {
+        call: CallId,
+    },
+    StartRecording {
+        call: CallId,
+        path: PathBuf,
+        spec: RecordSpec,
+    },
+    StopRecording {
+        call: CallId,
+    },
+    SendDigit {
+        call: CallId,
+        digit: char,
+        duration_ms: u32,
+        mode: DtmfMode,
+    },
+    InfoDigit {
+        call: CallId,
+        digit: char,
+        duration_ms: u32,
+    },
+    /// Connect two existing legs: prompts stop on both, each hears the other (in its
+    /// own codec), digits are regenerated across, and with `record` the conversation
+    /// is written to one stereo WAV (caller left, operator right).
+    Bridge {
+        caller: CallId,
+        operator: CallId,
+        record: Option<PathBuf>,
+    },
+    /// Ends the bridge `call` (either leg) is in.
+    Unbridge {
+        call: CallId,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InbandPolicy {
+    /// Listen for tones only when the peer did not negotiate telephone-event.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    pub ports: PortRange,
+    /// No RTP from the peer for this long ends the call; zero disables.
+    pub rtp_timeout: std::time::Duration,
+    pub inband: InbandPolicy,
+    /// Send to where the caller's RTP comes from (see `Latch`) instead of only to the
+    /// signalled address.
+    pub latch: bool,
+}
+
+/// A recording in the sink, numbered by the core.
+pub type RecordingId = u64;
+
+/// Work for the recording sink, in order per recording.
+#[derive(Debug, PartialEq)]
+pub enum SinkCommand {
+    /// Create the file (never replacing one); answered with `OpenFailed` if it cannot.
+    Open {
+        id: RecordingId,
+        path: PathBuf,
+        channels: Channels,
+    },
+    /// Mono samples, or interleaved stereo (left, right, left, ...).
+    Write { id: RecordingId, samples: Vec<i16> },
+    /// Finish (truncated to `keep_samples` per channel when given): fsync, hash,
+    /// answered with `Finished`.
+    Finish {
+        id: RecordingId,
+        keep_samples: Option<u64>,
+    },
+}
+
+#[derive(Debug)]
+pub enum SinkResult {
+    OpenFailed {
+        id: RecordingId,
+        error: String,
+    },
+    Finished {
+        id: RecordingId,
+        result: Result<RecordingInfo, String>,
+    },
+}
+
+/// Recorded audio goes to the sink in batches of at least this many samples (200 ms):
+/// few channel messages, and a crash loses at most the batch plus the sink's flush
+/// interval.
+const SINK_BATCH_SAMPLES: usize = 1600;
+
+/// Even ports of the range, handed out in shuffled order and returned to the back of
+/// the queue, so a port freed by one call is not reused at once (late packets of the
+/// old call must not reach the next caller).
+#[derive(Debug)]
+pub struct PortPool {
+    free: VecDeque<u16>,
+}
+
+impl PortPool {
+    pub fn new(range: PortRange, rng: &mut dyn RngCore) -> Self {
+        use rand::seq::SliceRandom;
+        let first = range.first + (range.first % 2);
+        let mut ports: Vec<u16> = (first..range.last).step_by(2).collect();
+        ports.shuffle(rng);
+        PortPool { free: ports.into() }
+    }
+
+    pub fn take(&mut self) -> Option<u16> {
+        self.free.pop_front()
+    }
+
+    pub fn give_back(&mut self, port: u16) {
+        self.free.push_back(port);
+    }
+
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+}
+
+/// Symmetric RTP for callers behind NAT, done safely: only a source with the IP of
+/// the signalled address or of the call's SIP messages is accepted, the first such
+/// source is latched once, within the first seconds of media, and never changed by
+/// later packets. A stranger's packets are dropped, and nobody can redirect a
+/// caller's audio to themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Latch {
+    Open { until_ms: u64 },
+    Done,
+}
+
+const LATCH_WINDOW_MS: u64 = 10_000;
+
+/// One leg's media: its session and where its packets may come from and go to.
+pub struct MediaLeg {
+    session: MediaSession,
+    /// Where we send: the signalled address, or the latched source.
+    remote: Option<SocketAddr>,
+    /// The call's SIP source: media from this IP is the caller's too.
+    signal_ip: Option<IpAddr>,
+    latch: Latch,
+    last_rx_ms: u64,
+}
+
+impl MediaLeg {
+    /// A packet arrived on the leg's port from `from`. Returns whether it was the
+    /// caller's RTP (and so was used).
+    pub fn receive(&mut self, from: SocketAddr, packet: &[u8], now_ms: u64) -> bool {
+        // Only RTP version 2 counts; RTCP multiplexed on this port (packet types
+        // 200-204) is not media and must not keep a silent call alive.
+        if packet.len() < 12 || packet[0] >> 6 != 2 || (200..=204).contains(&packet[1]) {
+            return false;
+        }
+        let from_caller =
+            self.remote.map(|r| r.ip()) == Some(from.ip()) || self.signal_ip == Some(from.ip());
+        if !from_caller {
+            return false;
+        }
+        if let Latch::Open { until_ms } = self.latch {
+            if now_ms <= until_ms && self.remote != Some(from) {
+                tracing::debug!(%from, signalled = ?self.remote, "RTP latched to its source");
+                self.remote = Some(from);
+            }
+            self.latch = Latch::Done;
+        } else if self.remote != Some(from) {
+            return false;
+        }
+        self.last_rx_ms = now_ms;
+        self.session.on_rtp(packet, now_ms);
+        true
+    }
+}
+
+/// A leg as the engine's receive task holds it.
+pub type LegHandle = Arc<Mutex<MediaLeg>>;
+
+fn lock(leg: &Mutex<MediaLeg>) -> MutexGuard<'_, MediaLeg> {
+    leg.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Leg {
+    port: u16,
+    shared: LegHandle,
+    send: bool,
+    started: bool,
+    timed_out: bool,
+    /// The voice message being recorded, if any.
+    recording: Option<RecordingId>,
+}
+
+/// Two legs talking to each other.
+struct ActiveBridge {
+    caller: CallId,
+    operator: CallId,
+    core: Bridge,
+    recording: Option<RecordingId>,
+    /// Interleaved stereo frames not yet handed to the sink.
+    pending: Vec<i16>,
+}
+
+impl ActiveBridge {
+    fn has(&self, call: CallId) -> bool {
+        self.caller == call || self.operator == call
+    }
+}
+
+/// Whom a recording's result is for.
+#[derive(Debug, Clone, Copy)]
+enum RecordingOwner {
+    /// A voice message; the stop reason is known once it stopped.
+    Voicemail {
+        call: CallId,
+        reason: Option<StopReason>,
+    },
+    /// A conversation; `BridgeEnded` follows its result.
+    Conversation { caller: CallId, operator: CallId },
+}
+
+pub struct MediaCore {
+    cfg: MediaConfig,
+    pool: PortPool,
+    legs: HashMap<CallId, Leg>,
+    bridges: Vec<ActiveBridge>,
+    recordings: HashMap<RecordingId, RecordingOwner>,
+    next_recording: RecordingId,
+    events: VecDeque<MediaEvent>,
+    sink: VecDeque<SinkCommand>,
+    ticks: u64,
+    /// The legs of the current tick (kept to avoid an allocation per tick).
+    tick_order: Vec<CallId>,
+}
+
+impl MediaCore {
+    pub fn new(cfg: MediaConfig, rng: &mut dyn RngCore) -> Self {
+        MediaCore {
+            pool: PortPool::new(cfg.ports, rng),
+            cfg,
+            legs: HashMap::new(),
+            bridges: Vec::new(),
+            recordings: HashMap::new(),
+            next_recording: 1,
+            events: VecDeque::new(),
+            sink: VecDeque::new(),
+            ticks: 0,
+            tick_order: Vec::new(),
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<MediaEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_sink(&mut self) -> Option<SinkCommand> {
+        self.sink.pop_front()
+    }
+
+    pub fn leg_count(&self) -> usize {
+        self.legs.len()
+    }
+
+    /// A port for a new leg (`leg_bound` or `port_unusable` tell what became of it).
+    pub fn take_port(&mut self) -> Option<u16> {
+        self.pool.take()
+    }
+
+    /// The engine could not bind `port`: back to the pool.
+    pub fn port_unusable(&mut self, port: u16) {
+        self.pool.give_back(port);
+    }
+
+    /// No port could be had for `call`.
+    pub fn allocation_failed(&mut self, call: CallId) {
+        tracing::warn!(call, "no free RTP port");
+        self.events.push_back(MediaEvent::Failed { call });
+    }
+
+    /// The engine bound `port` for `call`: the leg exists from now on.
+    pub fn leg_bound(&mut self, call: CallId, port: u16, now_ms: u64) -> LegHandle {
+        let shared = Arc::new(Mutex::new(MediaLeg {
+            session: MediaSession::new(Codec::Pcmu, None, false),
+            remote: None,
+            signal_ip: None,
+            latch: Latch::Done,
+            last_rx_ms: now_ms,
+        }));
+        self.legs.insert(
+            call,
+            Leg {
+                port,
+                shared: shared.clone(),
+                send: false,
+                started: false,
+                timed_out: false,
+                recording: None,
+            },
+        );
+        self.events.push_back(MediaEvent::Allocated { call, port });
+        shared
+    }
+
+    /// A packet for `call` (what the engine's receive task does through the handle).
+    pub fn receive(&mut self, call: CallId, from: SocketAddr, packet: &[u8], now_ms: u64) {
+        if let Some(leg) = self.legs.get(&call) {
+            lock(&leg.shared).receive(from, packet, now_ms);
+        }
+    }
+
+    pub fn handle_command(&mut self, cmd: EngineCommand, now_ms: u64) {
+        match cmd {
+            EngineCommand::Sip(MediaCommand::Allocate { call, .. }) => {
+                // The engine binds; a core without one (tests) takes the next port.
+                match self.take_port() {
+                    Some(port) => {
+                        self.leg_bound(call, port, now_ms);
+                    }
+                    None => self.allocation_failed(call),
+                }
+            }
+            EngineCommand::Sip(MediaCommand::Start {
+                call,
+                remote,
+                signal_ip,
+                codec,
+                telephone_event_pt,
+                send,
+            }) => {
+                let (latch_on, inband) = (self.cfg.latch, self.cfg.inband);
+                if let Some(leg) = self.legs.get_mut(&call) {
+                    let mut sh = lock(&leg.shared);
+                    if sh.remote != remote {
+                        // New signalled address (first answer or re-INVITE): may latch again.
+                        sh.latch = if latch_on {
+                            Latch::Open {
+                                until_ms: now_ms + LATCH_WINDOW_MS,
+                            }
+                        } else {
+                            Latch::Done
+                        };
+                    }
+                    sh.remote = remote;
+                    sh.signal_ip = Some(signal_ip);
+                    sh.session.update(codec, telephone_event_pt);
+                    sh.session.set_inband(match inband {
+                        InbandPolicy::Always => true,
+                        InbandPolicy::Never => false,
+                        InbandPolicy::Auto => telephone_event_pt.is_none(),
+                    });
+                    leg.send = send;
+                    if !leg.started {
+                        leg.started = true;
+                        sh.last_rx_ms = now_ms;
+                    }
+                }
+            }
+            EngineCommand::Sip(MediaCommand::Stop { call }) => {
+                if let Some(i) = self.bridges.iter().position(|b| b.has(call)) {
+                    let b = self.bridges.swap_remove(i);
+                    self.end_bridge(b);
+                }
+                if let Some(leg) = self.legs.get(&call) {
+                    // A recording in progress is kept: finish it before the leg goes.
+                    lock(&leg.shared).session.stop_recording();
+                }
+                self.collect_leg(call);
+                if let Some(leg) = self.legs.remove(&call) {
+                    self.pool.give_back(leg.port);
+                }
+            }
+            EngineCommand::Play {
+                call,
+                token,
+                prompts,
+                looping,
+            } => self.with_session(call, |s| s.play(token, prompts, looping)),
+            EngineCommand::StopPlayback { call } => self.with_session(call, |s| s.stop_playback()),
+            EngineCommand::StartRecording { call, path, spec } => {
+                self.start_recording(call, path, &spec)
+            }
+            EngineCommand::StopRecording { call } => {
+                self.with_session(call, |s| s.stop_recording())
+            }
+            EngineCommand::SendDigit {
+                call,
+                digit,
+                duration_ms,
+                mode,
+            } => self.with_session(call, |s| s.send_digit(digit, duration_ms, mode)),
+            EngineCommand::InfoDigit {
+                call,
+                digit,
+                duration_ms,
+            } => self.with_session(call, |s| s.on_info_digit(digit, duration_ms)),
+            EngineCommand::Bridge {
+                caller,
+                operator,
+                record,
+            } => self.start_bridge(caller, operator, record),
+            EngineCommand::Unbridge { call } => {
+                match self.bridges.iter().position(|b| b.has(call)) {
+                    Some(i) => {
+                        let b = self.bridges.swap_remove(i);
+                        self.end_bridge(b);
+                    }
+                    None => tracing::debug!(call, "unbridge: not bridged"),
+                }
+            }
+        }
+    }
+
+    fn with_session(&mut self, call: CallId, f: impl FnOnce(&mut MediaSession)) {
+        if let Some(leg) = self.legs.get(&call) {
+            f(&mut lock(&leg.shared).session);
+        }
+        self.collect_leg(call);
+    }
+
+    fn new_recording(&mut self, owner: RecordingOwner, path: PathBuf, channels: Channels) -> u64 {
+        let id = self.next_recording;
+        self.next_recording += 1;
+        self.recordings.insert(id, owner);
+        self.sink
+            .push_back(SinkCommand::Open { id, path, channels });
+        id
+    }
+
+    fn start_recording(&mut self, call: CallId, path: PathBuf, spec: &RecordSpec) {
+        let started = match self.legs.get(&call) {
+            Some(leg) => lock(&leg.shared).session.start_recording(spec),
+            None => Err("no such call".into()),
+        };
+        match started {
+            Ok(()) => {
+                let owner = RecordingOwner::Voicemail { call, reason: None };
+                let id = self.new_recording(owner, path, Channels::Mono);
+                if let Some(leg) = self.legs.get_mut(&call) {
+                    leg.recording = Some(id);
+                }
+            }
+            Err(e) => {
+                tracing::error!(call, "cannot start recording: {e}");
+                self.events.push_back(MediaEvent::RecordingStopped {
+                    call,
+                    reason: StopReason::HangUp,
+                    result: Err(e),
+                });
+            }
+        }
+    }
+
+    /// Takes a leg's events and recorded audio (after commands, received packets and
+    /// ticks): events go to the hosts, audio to the sink.
+    fn collect_leg(&mut self, call: CallId) {
+        let Some(leg) = self.legs.get_mut(&call) else {
+            return;
+        };
+        let mut sh = lock(&leg.shared);
+        if let (Some(id), Some(audio)) = (
+            leg.recording,
+            sh.session.take_recorded_audio(SINK_BATCH_SAMPLES),
+        ) {
+            self.sink
+                .push_back(SinkCommand::Write { id, samples: audio });
+        }
+        while let Some(ev) = sh.session.poll_event() {
+            match ev {
+                SessionEvent::Digit(digit) => {
+                    self.events.push_back(MediaEvent::Digit { call, digit })
+                }
+                SessionEvent::PlayFinished(token) => self
+                    .events
+                    .push_back(MediaEvent::PlayFinished { call, token }),
+                SessionEvent::RecordingStopped {
+                    reason,
+                    keep_samples,
+                    audio,
+                } => {
+                    let Some(id) = leg.recording.take() else {
+                        continue;
+                    };
+                    if !audio.is_empty() {
+                        self.sink
+                            .push_back(SinkCommand::Write { id, samples: audio });
+                    }
+                    self.sink.push_back(SinkCommand::Finish {
+                        id,
+                        keep_samples: Some(keep_samples),
+                    });
+                    if let Some(RecordingOwner::Voicemail { reason: r, .. }) =
+                        self.recordings.get_mut(&id)
+                    {
+                        *r = Some(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the sink made of a recording.
+    pub fn on_sink_result(&mut self, result: SinkResult) {
+        match result {
+            SinkResult::OpenFailed { id, error } => {
+                let Some(owner) = self.recordings.remove(&id) else {
+                    return;
+                };
+                match owner {
+                    RecordingOwner::Voicemail { call, .. } => {
+                        tracing::error!(call, "cannot create the recording: {error}");
+                        if let Some(leg) = self.legs.get_mut(&call) {
+                            if leg.recording == Some(id) {
+                                leg.recording = None;
+                                lock(&leg.shared).session.drop_recording();
+                            }
+                        }
+                        self.events.push_back(MediaEvent::RecordingStopped {
+                            call,
+                            reason: StopReason::HangUp,
+                            result: Err(error),
+                        });
+                    }
+                    RecordingOwner::Conversation { caller, operator } => {
+                        // The conversation matters more than its recording: it goes on.
+                        tracing::error!(caller, operator, "cannot record conversation: {error}");
+                        let mut bridged = false;
+                        for b in self.bridges.iter_mut().filter(|b| b.recording == Some(id)) {
+                            b.recording = None;
+                            b.pending = Vec::new();
+                            bridged = true;
+                        }
+                        self.events.push_back(MediaEvent::ConversationRecorded {
+                            caller,
+                            operator,
+                            result: Err(error),
+                        });
+                        if !bridged {
+                            // The bridge ended before the sink answered.
+                            self.events
+                                .push_back(MediaEvent::BridgeEnded { caller, operator });
+                        }
+                    }
+                }
+            }
+            SinkResult::Finished { id, result } => {
+                let Some(owner) = self.recordings.remove(&id) else {
+                    return;
+                };
+                match owner {
+                    RecordingOwner::Voicemail { call, reason } => {
+                        self.events.push_back(MediaEvent::RecordingStopped {
+                            call,
+                            reason: reason.unwrap_or(StopReason::HangUp),
+                            result,
+                        })
+                    }
+                    RecordingOwner::Conversation { caller, operator } => {
+                        self.events.push_back(MediaEvent::ConversationRecorded {
+                            caller,
+                            operator,
+                            result,
+                        });
+                        self.events
+                            .push_back(MediaEvent::BridgeEnded { caller, operator });
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_bridge(&mut self, caller: CallId, operator: CallId, record: Option<PathBuf>) {
+        let refuse = |core: &mut MediaCore, why: &str| {
+            tracing::warn!(caller, operator, "cannot bridge: {why}");
+            if record.is_some() {
+                core.events.push_back(MediaEvent::ConversationRecorded {
+                    caller,
+                    operator,
+                    result: Err(format!("not bridged: {why}")),
+                });
+            }
+            core.events
+                .push_back(MediaEvent::BridgeEnded { caller, operator });
+        };
+        if caller == operator {
+            return refuse(self, "a leg cannot be bridged to itself");
+        }
+        if !self.legs.contains_key(&caller) || !self.legs.contains_key(&operator) {
+            return refuse(self, "no such leg");
+        }
+        if self
+            .bridges
+            .iter()
+            .any(|b| b.has(caller) || b.has(operator))
+        {
+            return refuse(self, "a leg is already bridged");
+        }
+        let recording = record.map(|path| {
+            self.new_recording(
+                RecordingOwner::Conversation { caller, operator },
+                path,
+                Channels::Stereo,
+            )
+        });
+        for call in [caller, operator] {
+            if let Some(leg) = self.legs.get(&call) {
+                let mut sh = lock(&leg.shared);
+                sh.session.stop_playback();
+                sh.session.start_relay();
+            }
+        }
+        tracing::info!(caller, operator, "bridged");
+        self.bridges.push(ActiveBridge {
+            caller,
+            operator,
+            core: Bridge::new(JitterConfig::default()),
+            recording,
+            pending: Vec::new(),
+        });
+    }
+
+    fn end_bridge(&mut self, b: ActiveBridge) {
+        let ActiveBridge {
+            caller,
+            operator,
+            core,
+            recording,
+            pending,
+        } = b;
+        for call in [caller, operator] {
+            if let Some(leg) = self.legs.get(&call) {
+                lock(&leg.shared).session.stop_relay();
+            }
+        }
+        let (c, o) = (core.stats(Side::Caller), core.stats(Side::Operator));
+        tracing::info!(
+            caller,
+            operator,
+            ticks = core.ticks(),
+            caller_silent_ticks = c.silent_ticks,
+            caller_underruns = c.underruns,
+            caller_dropped_ms = c.dropped_samples / 8,
+            operator_silent_ticks = o.silent_ticks,
+            operator_underruns = o.underruns,
+            operator_dropped_ms = o.dropped_samples / 8,
+            "bridge ended"
+        );
+        match recording {
+            Some(id) => {
+                if !pending.is_empty() {
+                    self.sink.push_back(SinkCommand::Write {
+                        id,
+                        samples: pending,
+                    });
+                }
+                // ConversationRecorded and BridgeEnded follow the sink's answer.
+                self.sink.push_back(SinkCommand::Finish {
+                    id,
+                    keep_samples: None,
+                });
+            }
+            None => self
+                .events
+                .push_back(MediaEvent::BridgeEnded { caller, operator }),
+        }
+    }
+
+    /// One 20 ms tick at `now_ms`: every started leg's next packet goes to `send`
+    /// (leg, destination, bytes), bridges move audio between their legs, recordings'
+    /// audio goes to the sink, and silent legs time out.
+    pub fn tick(&mut self, now_ms: u64, send: &mut dyn FnMut(CallId, SocketAddr, &[u8])) {
+        self.ticks += 1;
+        let mut buf = [0u8; MAX_PACKET];
+        for b in self.bridges.iter_mut() {
+            tick_bridge(b, &self.legs);
+        }
+        let mut order = std::mem::take(&mut self.tick_order);
+        order.clear();
+        order.extend(self.legs.keys().copied());
+        for &call in &order {
+            let Some(leg) = self.legs.get(&call) else {
+                continue;
+            };
+            if leg.started {
+                let mut sh = lock(&leg.shared);
+                let n = sh.session.on_tick(&mut buf);
+                if let (true, Some(remote)) = (leg.send, sh.remote) {
+                    send(call, remote, &buf[..n]);
+                }
+            }
+            self.collect_leg(call);
+        }
+        self.tick_order = order;
+        for b in self.bridges.iter_mut() {
+            let Some(id) = b.recording else { continue };
+            let tick = b.core.last_tick();
+            for (l, r) in tick.caller.iter().zip(tick.operator.iter()) {
+                b.pending.push(*l);
+                b.pending.push(*r);
+            }
+            if b.pending.len() >= 2 * SINK_BATCH_SAMPLES {
+                let samples = std::mem::replace(
+                    &mut b.pending,
+                    Vec::with_capacity(2 * SINK_BATCH_SAMPLES + 320),
+                );
+                self.sink.push_back(SinkCommand::Write { id, samples });
+            }
+        }
+        if self.ticks.is_multiple_of(50) && !self.cfg.rtp_timeout.is_zero() {
+            self.check_rtp_timeouts(now_ms);
+        }
+    }
+
+    fn check_rtp_timeouts(&mut self, now_ms: u64) {
+        let limit = self.cfg.rtp_timeout.as_millis() as u64;
+        let mut ended = Vec::new();
+        for (call, leg) in self.legs.iter_mut() {
+            let idle = now_ms.saturating_sub(lock(&leg.shared).last_rx_ms);
+            if leg.started && !leg.timed_out && idle > limit {
+                leg.timed_out = true;
+                self.events
+                    .push_back(MediaEvent::RtpTimeout { call: *call });
+                if let Some(i) = self.bridges.iter().position(|b| b.has(*call)) {
+                    ended.push(self.bridges.swap_remove(i));
+                }
+            }
+        }
+        for b in ended {
+            self.end_bridge(b);
+        }
+    }
+}
+
+/// One clock tick of a bridge: received audio and digits in, each leg's frame out.
+fn tick_bridge(b: &mut ActiveBridge, legs: &HashMap<CallId, Leg>) {
+    let (Some(c), Some(o)) = (legs.get(&b.caller), legs.get(&b.operator)) else {
+        return;
+    };
+    // The only place two legs are locked at once (receive tasks lock one), always
+    // caller first: no deadlock.
+    let mut c = lock(&c.shared);
+    let mut o = lock(&o.shared);
+    let core = &mut b.core;
+    c.session
+        .drain_relay_audio(|pcm| core.push_audio(Side::Caller, pcm));
+    o.session
+        .drain_relay_audio(|pcm| core.push_audio(Side::Operator, pcm));
+    relay_digits(core, Side::Caller, &mut c.session, &mut o.session);
+    relay_digits(core, Side::Operator, &mut o.session, &mut c.session);
+    let tick = core.tick();
+    o.session.set_relay_frame(tick.caller);
+    c.session.set_relay_frame(tick.operator);
+}
+
+fn relay_digits(core: &mut Bridge, from: Side, src: &mut MediaSession, dst: &mut MediaSession) {
+    while let Some(d) = src.poll_relay_digit() {
+        if let Some(r) = core.forward_digit(from, &d, dst.has_telephone_event()) {
+            dst.send_digit(r.digit, r.duration_ms, r.mode);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::voicemail::VoicemailStopConfig;
+    use rand::SeedableRng;
+
+    fn core() -> MediaCore {
+        MediaCore::new(
+            MediaConfig {
+                ports: PortRange {
+                    first: 20000,
+                    last: 20100,
+                },
+                rtp_timeout: std::time::Duration::from_secs(2),
+                inband: InbandPolicy::Auto,
+                latch: true,
+            },
+            &mut rand::rngs::StdRng::seed_from_u64(7),
+        )
+    }
+
+    fn start(core: &mut MediaCore, call: CallId, remote: SocketAddr) {
+        core.handle_command(
+            EngineCommand::Sip(MediaCommand::Allocate {
+                call,
+                local_ip: [127, 0, 0, 1].into(),
+            }),
+            0,
+        );
+        core.handle_command(
+            EngineCommand::Sip(MediaCommand::Start {
+                call,
+                remote: Some(remote),
+                signal_ip: remote.ip(),
+                codec: Codec::Pcmu,
+                telephone_event_pt: Some(101),
+                send: true,
+            }),
+            0,
+        );
+    }
+
+    #[test]
+    fn pool_hands_out_even_ports_and_reuses_last() {
+        let mut p = PortPool::new(
+            PortRange {
+                first: 20001,
+                last: 20011,
+            },
+            &mut rand::rngs::StdRng::seed_from_u64(1),
+        );
+        let mut got = Vec::new();
+        while let Some(port) = p.take() {
+            assert_eq!(port % 2, 0);
+            assert!((20002..20011).contains(&port));
+            got.push(port);
+        }
+        assert_eq!(got.len(), 5);
+        p.give_back(got[0]);
+        p.give_back(got[1]);
+        assert_eq!(p.take(), Some(got[0]));
+    }
+
+    #[test]
+    fn a_voice_message_reaches_the_sink_in_batches_and_is_reported_once_finished() {
+        let mut c = core();
+        let caller: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        start(&mut c, 1, caller);
+        c.handle_command(
+            EngineCommand::StartRecording {
+                call: 1,
+                path: "/r/vm.wav".into(),
+                spec: RecordSpec {
+                    stop: VoicemailStopConfig::default(),
+                },
+            },
+            0,
+        );
+        let mut peer = crate::media::rtp::RtpSender::new(9, 1, 0);
+        let mut pkt = [0u8; MAX_PACKET];
+        let mut sent = 0;
+        for t in 0..100u64 {
+            let n = peer.build(0, &[0x55; 160], &mut pkt);
+            c.receive(1, caller, &pkt[..n], t * 20);
+            c.tick(t * 20, &mut |_, to, _| {
+                assert_eq!(to, caller);
+                sent += 1;
+            });
+        }
+        assert_eq!(sent, 100);
+        c.handle_command(EngineCommand::StopRecording { call: 1 }, 2000);
+        let sink: Vec<SinkCommand> = std::iter::from_fn(|| c.poll_sink()).collect();
+        assert!(matches!(
+            sink[0],
+            SinkCommand::Open {
+                id: 1,
+                channels: Channels::Mono,
+                ..
+            }
+        ));
+        let written: usize = sink
+            .iter()
+            .map(|s| match s {
+                SinkCommand::Write { samples, .. } => samples.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(written, 16_000);
+        assert!(sink.len() <= 2 + 10 + 1, "batched: {} commands", sink.len());
+        assert_eq!(
+            sink.last(),
+            Some(&SinkCommand::Finish {
+                id: 1,
+                keep_samples: Some(16_000)
+            })
+        );
+        // Nothing is reported until the sink says the file is durable.
+        assert!(!std::iter::from_fn(|| c.poll_event())
+            .any(|e| matches!(e, MediaEvent::RecordingStopped { .. })));
+        c.on_sink_result(SinkResult::Finished {
+            id: 1,
+            result: Err("disk full".into()),
+        });
+        let ev: Vec<MediaEvent> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(matches!(
+            ev.as_slice(),
+            [MediaEvent::RecordingStopped {
+                call: 1,
+                reason: StopReason::HangUp,
+                result: Err(_)
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_recording_that_cannot_be_created_is_reported_and_forgotten() {
+        let mut c = core();
+        start(&mut c, 1, "127.0.0.1:40000".parse().unwrap());
+        let spec = RecordSpec {
+            stop: VoicemailStopConfig::default(),
+        };
+        c.handle_command(
+            EngineCommand::StartRecording {
+                call: 1,
+                path: "/nope/vm.wav".into(),
+                spec: spec.clone(),
+            },
+            0,
+        );
+        while c.poll_sink().is_some() {}
+        while c.poll_event().is_some() {}
+        c.on_sink_result(SinkResult::OpenFailed {
+            id: 1,
+            error: "permission denied".into(),
+        });
+        assert!(matches!(
+            c.poll_event(),
+            Some(MediaEvent::RecordingStopped {
+                call: 1,
+                result: Err(_),
+                ..
+            })
+        ));
+        // The leg can record again at once.
+        c.handle_command(
+            EngineCommand::StartRecording {
+                call: 1,
+                path: "/r/vm2.wav".into(),
+                spec,
+            },
+            0,
+        );
+        assert!(matches!(
+            c.poll_sink(),
+            Some(SinkCommand::Open { id: 2, .. })
+        ));
+        assert!(c.poll_event().is_none());
+    }
+
+    #[test]
+    fn strangers_packets_are_dropped_and_silence_times_out() {
+        let mut c = core();
+        let caller: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        start(&mut c, 1, caller);
+        let mut peer = crate::media::rtp::RtpSender::new(9, 1, 0);
+        let mut pkt = [0u8; MAX_PACKET];
+        let n = peer.build(0, &[0x55; 160], &mut pkt);
+        let stranger: SocketAddr = "127.0.0.9:40000".parse().unwrap();
+        let mut timed_out_at = None;
+        for t in 1..=200u64 {
+            c.receive(1, stranger, &pkt[..n], t * 20);
+            c.tick(t * 20, &mut |_, _, _| {});
+            if std::iter::from_fn(|| c.poll_event())
+                .any(|e| matches!(e, MediaEvent::RtpTimeout { call: 1 }))
+            {
+                timed_out_at = Some(t * 20);
+                break;
+            }
+        }
+        // Checked once a second: after 2 s of nothing from the caller, at 3 s.
+        assert_eq!(timed_out_at, Some(3000));
+    }
+}
