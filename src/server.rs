@@ -11,8 +11,9 @@ use crate::config::{CallerIdPolicy, Config};
 use crate::control::ControlCommand;
 use crate::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig};
 use crate::privacy::CallerIdFilter;
+use crate::sip::admission::AdmissionConfig;
 use crate::sip::digest::DigestConfig;
-use crate::sip::endpoint::{CredentialLookup, RegistrarSetup};
+use crate::sip::operators::RegistrarSetup;
 use crate::sip::registrar::{RegistrarConfig, RegistrarEvent};
 use crate::sip::transport::{self, NetInput, TcpLimits, Transports};
 use crate::sip::{Endpoint, EndpointConfig, Output, TimerConfig};
@@ -23,30 +24,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// The operators' registrar, looking accounts up in the database through `conn`.
-pub fn registrar_setup(
-    cfg: &Config,
-    conn: Arc<std::sync::Mutex<rusqlite::Connection>>,
-    names: OperatorNames,
-) -> RegistrarSetup {
+/// The operators' registrar settings.
+pub fn registrar_setup(cfg: &Config) -> RegistrarSetup {
     let op = &cfg.operators;
-    let realm = op.realm.clone();
-    let credentials: CredentialLookup = Arc::new(move |user: &str| {
-        let conn = conn.lock().ok()?;
-        match crate::accounts::credentials(&conn, user, &realm) {
-            Ok(Some((name, ha1s))) => {
-                if let Ok(mut m) = names.lock() {
-                    m.insert(user.to_string(), name);
-                }
-                Some(ha1s)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::error!("operator lookup failed: {e}");
-                None
-            }
-        }
-    });
     let mut digest = DigestConfig::new(op.realm.clone());
     digest.nonce_lifetime = Duration::from_secs(op.nonce_lifetime_s);
     digest.algorithms = op
@@ -55,7 +35,6 @@ pub fn registrar_setup(
         .filter_map(|a| crate::sip::digest::Algorithm::from_token(a))
         .collect();
     RegistrarSetup {
-        credentials,
         registrar: RegistrarConfig {
             min_expires: op.min_expires_s,
             max_expires: op.max_expires_s,
@@ -85,9 +64,11 @@ pub fn endpoint_config(cfg: &Config, filter: &CallerIdFilter) -> EndpointConfig 
         max_call_duration: Duration::from_secs(cfg.limits.max_call_duration_s),
         answer_delay: Duration::from_millis(cfg.sip.answer_delay_ms),
         public_ip: cfg.sip.public_address.parse::<IpAddr>().ok(),
-        source_rate: cfg.limits.source_rate,
-        source_burst: cfg.limits.source_burst,
-        trusted_sources: cfg.limits.trusted_sources.clone(),
+        admission: AdmissionConfig {
+            rate: cfg.limits.source_rate,
+            burst: cfg.limits.source_burst,
+            trusted: cfg.limits.trusted_sources.clone(),
+        },
         max_message_bytes: cfg.sip.max_message_bytes,
         caller_id: Arc::new(move |s: &str| f.apply(s)),
         log_messages: filter.policy() == CallerIdPolicy::Keep,
@@ -189,8 +170,17 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         media_ev_tx,
     );
     let mut ep_cfg = endpoint_config(&cfg, &filter);
-    ep_cfg.registrar = Some(registrar_setup(&cfg, accounts.clone(), names.clone()));
-    let mut ep = Endpoint::new(ep_cfg);
+    ep_cfg.registrar = Some(registrar_setup(&cfg));
+    let started = std::time::Instant::now();
+    let mut ep = Endpoint::new(
+        ep_cfg,
+        rand::SeedableRng::from_entropy(),
+        started,
+        crate::call::WallClock::anchor(started, std::time::SystemTime::now()),
+    );
+    if let Ok(conn) = accounts.lock() {
+        load_operators(&conn, &cfg, &mut ep, &names);
+    }
     for b in &transports.bound {
         println!("hotline: SIP listening on {b}");
     }
@@ -237,7 +227,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 app.on_stored(call, ok, std::time::Instant::now());
             }
             Some(req) = control_rx.recv() => {
-                let reply = control(&mut app, &mut ep, &accounts, &names, req.command);
+                let reply = control(&cfg, &mut app, &mut ep, &accounts, &names, req.command);
                 let _ = req.reply.send(reply);
             }
             Some(input) = net_rx.recv() => {
@@ -313,6 +303,25 @@ fn handle_net(
     }
 }
 
+/// Hands every operator account to the registrar and the pseudonyms to the host.
+fn load_operators(
+    conn: &rusqlite::Connection,
+    cfg: &Config,
+    ep: &mut Endpoint,
+    names: &OperatorNames,
+) {
+    match crate::accounts::all_credentials(conn, &cfg.operators.realm) {
+        Ok(all) => {
+            if let Ok(mut m) = names.lock() {
+                m.clear();
+                m.extend(all.iter().map(|(u, (n, _))| (u.clone(), n.clone())));
+            }
+            ep.set_operator_credentials(all.into_iter().map(|(u, (_, h))| (u, h)).collect());
+        }
+        Err(e) => tracing::error!("cannot load operator accounts: {e}"),
+    }
+}
+
 fn refresh_operator_names(conn: &rusqlite::Connection, names: &OperatorNames) {
     match store::list_operators(conn) {
         Ok(rows) => {
@@ -327,6 +336,7 @@ fn refresh_operator_names(conn: &rusqlite::Connection, names: &OperatorNames) {
 
 /// Answers one request of the local control socket.
 fn control(
+    cfg: &Config,
     app: &mut App,
     ep: &mut Endpoint,
     accounts: &std::sync::Mutex<rusqlite::Connection>,
@@ -395,8 +405,9 @@ fn control(
             if let Ok(conn) = accounts.lock() {
                 refresh_operator_names(&conn, names);
             }
-            let known = names.lock().map(|m| m.clone()).unwrap_or_default();
-            ep.forget_operators_except(&|user| known.contains_key(user));
+            if let Ok(conn) = accounts.lock() {
+                load_operators(&conn, cfg, ep, names);
+            }
             json!({"ok": true})
         }
     }
@@ -471,8 +482,9 @@ fn dispatch(
                     match ep.operator_contacts(&operator, now).pop() {
                         Some((contact, peer)) => {
                             let extra = vec![("X-Hotline-Answers".to_string(), answers)];
-                            let leg = ep
-                                .offer_call(&operator, peer, &contact, &display, "hotline", extra);
+                            let leg = ep.offer_call(
+                                now, &operator, peer, &contact, &display, "hotline", extra,
+                            );
                             app.offer_placed(caller, &operator, leg);
                         }
                         None => app.offer_failed(caller, &operator, now),

@@ -159,15 +159,21 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
         },
         media_tx,
     );
-    let mut ep = Endpoint::new(EndpointConfig {
-        max_calls: 1,
-        // A caller sending in-band tones must not offer telephone-event, or the far
-        // end would rightly listen for events instead.
-        offer_telephone_event: opts.dtmf_mode != DigitMode::Inband,
-        ..EndpointConfig::default()
-    });
     let started = Instant::now();
+    let mut ep = Endpoint::new(
+        EndpointConfig {
+            max_calls: 1,
+            // A caller sending in-band tones must not offer telephone-event, or the far
+            // end would rightly listen for events instead.
+            offer_telephone_event: opts.dtmf_mode != DigitMode::Inband,
+            ..EndpointConfig::default()
+        },
+        rand::SeedableRng::from_entropy(),
+        started.into_std(),
+        crate::call::WallClock::anchor(started.into_std(), std::time::SystemTime::now()),
+    );
     let call = ep.place_call(
+        started.into_std(),
         Peer {
             link,
             remote,

@@ -4,13 +4,19 @@
 //! switch of SIP library stays local. `transport` is the thin tokio layer; everything
 //! else here is sans-IO.
 
+pub mod admission;
+mod dialog;
 pub mod digest;
 pub mod endpoint;
 pub mod headers;
+mod inbound;
 pub mod message;
+pub mod operators;
+mod outbound;
 pub mod raw;
 pub mod registrar;
 pub mod transaction;
+mod transactions;
 pub mod transport;
 
 pub use endpoint::{Endpoint, EndpointConfig, Output};

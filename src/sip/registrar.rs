@@ -1,26 +1,19 @@
 //! Registrar policy for operators (RFC 3261 §10.3), sans-IO: decides how to answer a REGISTER
-//! from its parsed essentials, keeps each operator's contact bindings and their expiry, rate
-//! limits 403 answers per source and locks out sources that keep guessing passwords.
+//! from its parsed essentials, keeps each operator's contact bindings with the transport
+//! path each came on and their expiry, rate limits 403 answers per source and locks out
+//! sources that keep guessing passwords.
 //!
-//! Must not: parse or build SIP messages, do IO, read the clock, or accept anyone who is not a
-//! known operator. Digest mechanics live in `super::digest`; this module only applies them.
+//! Holds the operators' HA1s in memory (the host hands them over at start and whenever
+//! accounts change), so no lookup ever runs on the SIP path. Must not: parse or build SIP
+//! messages, do IO, read the clock, or accept anyone who is not a known operator. Digest
+//! mechanics live in `super::digest`; this module only applies them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::digest::{parse_authorization, DigestAuth, DigestError, Ha1Set, NonceState, Verdict};
-
-/// Where the registrar gets an operator's stored HA1s; `None` means no such operator.
-pub trait CredentialStore {
-    fn ha1s(&self, user: &str) -> Option<Ha1Set>;
-}
-
-impl<F: Fn(&str) -> Option<Ha1Set>> CredentialStore for F {
-    fn ha1s(&self, user: &str) -> Option<Ha1Set> {
-        self(user)
-    }
-}
+use crate::call::Peer;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Contact {
@@ -33,7 +26,8 @@ pub enum Contact {
 /// The parts of a REGISTER the policy needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterRequest {
-    pub source: SocketAddr,
+    /// The socket or connection it came on, and its source address.
+    pub peer: Peer,
     /// User part of the To URI.
     pub aor_user: String,
     /// Empty for a query of the current bindings.
@@ -49,8 +43,9 @@ pub struct BindingView {
     pub contact: String,
     /// Seconds left, rounded up.
     pub expires: u32,
-    /// Where the REGISTER came from, for reaching the phone behind NAT.
-    pub source: SocketAddr,
+    /// Where the REGISTER came from and on which socket or connection: how the phone
+    /// is reached, also behind NAT.
+    pub peer: Peer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +130,7 @@ struct Binding {
     expires_at: Instant,
     call_id: String,
     cseq: u32,
-    source: SocketAddr,
+    peer: Peer,
 }
 
 #[derive(Debug)]
@@ -189,6 +184,8 @@ impl SourceState {
 pub struct Registrar {
     config: RegistrarConfig,
     auth: DigestAuth,
+    /// SIP username -> stored HA1s.
+    credentials: HashMap<String, Ha1Set>,
     bindings: BTreeMap<String, Vec<Binding>>,
     sources: HashMap<IpAddr, SourceState>,
     events: VecDeque<RegistrarEvent>,
@@ -199,28 +196,32 @@ impl Registrar {
         Self {
             config,
             auth,
+            credentials: HashMap::new(),
             bindings: BTreeMap::new(),
             sources: HashMap::new(),
             events: VecDeque::new(),
         }
     }
 
+    /// The accounts that may register, by SIP username (replacing the previous set).
+    pub fn set_credentials(&mut self, credentials: HashMap<String, Ha1Set>) {
+        self.credentials = credentials;
+    }
+
+    pub fn has_account(&self, user: &str) -> bool {
+        self.credentials.contains_key(user)
+    }
+
     /// Decides the answer to one REGISTER; binding changes show up as events.
-    pub fn handle_register(
-        &mut self,
-        request: &RegisterRequest,
-        store: &impl CredentialStore,
-        now: Instant,
-    ) -> Decision {
+    pub fn handle_register(&mut self, request: &RegisterRequest, now: Instant) -> Decision {
         self.expire_bindings(now);
         // Operators register their own address of record only.
         let authorization = request.authorization.as_deref();
         if let Err(decision) = self.authorize(
-            request.source,
+            request.peer.remote,
             authorization,
             "REGISTER",
             &request.aor_user,
-            store,
             now,
         ) {
             return decision;
@@ -238,7 +239,6 @@ impl Registrar {
         authorization: Option<&str>,
         method: &str,
         user: &str,
-        store: &impl CredentialStore,
         now: Instant,
     ) -> Result<(), Decision> {
         let ip = source.ip().to_canonical();
@@ -266,7 +266,7 @@ impl Registrar {
         if credentials.username != user {
             return Err(self.limited_forbidden(ip, now));
         }
-        let Some(ha1s) = store.ha1s(&credentials.username) else {
+        let Some(ha1s) = self.credentials.get(&credentials.username).cloned() else {
             // Guessing user names is guessing credentials.
             if self.auth.nonce_state(&credentials.nonce, &context, now) != NonceState::Invalid {
                 self.record_failure(ip, now);
@@ -298,7 +298,7 @@ impl Registrar {
                     .map(|b| BindingView {
                         contact: b.contact.clone(),
                         expires: seconds_left(b.expires_at, now),
-                        source: b.source,
+                        peer: b.peer,
                     })
                     .collect()
             })
@@ -426,7 +426,7 @@ impl Registrar {
                     binding.expires_at = now + Duration::from_secs(expires.into());
                     binding.call_id.clone_from(&request.call_id);
                     binding.cseq = request.cseq;
-                    binding.source = request.source;
+                    binding.peer = request.peer;
                 }
                 (None, _) => {
                     list.push(Binding {
@@ -434,7 +434,7 @@ impl Registrar {
                         expires_at: now + Duration::from_secs(expires.into()),
                         call_id: request.call_id.clone(),
                         cseq: request.cseq,
-                        source: request.source,
+                        peer: request.peer,
                     });
                     self.events.push_back(RegistrarEvent::BindingAdded {
                         user: user.clone(),
@@ -579,9 +579,17 @@ mod tests {
         }
     }
 
+    fn peer(source: SocketAddr) -> Peer {
+        Peer {
+            link: crate::call::Link::Udp(0),
+            remote: source,
+            local: SocketAddr::from(([192, 0, 2, 200], 5060)),
+        }
+    }
+
     fn request(source: SocketAddr, user: &str, contacts: Vec<Contact>) -> RegisterRequest {
         RegisterRequest {
-            source,
+            peer: peer(source),
             aor_user: user.to_owned(),
             contacts,
             expires: None,
@@ -627,10 +635,14 @@ mod tests {
                 base,
                 Box::new(StdRng::seed_from_u64(5)),
             );
-            Self {
-                registrar: Registrar::new(config, auth),
-                base,
-            }
+            let mut registrar = Registrar::new(config, auth);
+            registrar.set_credentials(
+                ["alice", "bob"]
+                    .into_iter()
+                    .filter_map(|u| Some((u.to_string(), store(u)?)))
+                    .collect(),
+            );
+            Self { registrar, base }
         }
 
         fn at(&self, secs: u64) -> Instant {
@@ -638,8 +650,7 @@ mod tests {
         }
 
         fn send(&mut self, secs: u64, request: &RegisterRequest) -> Decision {
-            self.registrar
-                .handle_register(request, &store, self.at(secs))
+            self.registrar.handle_register(request, self.at(secs))
         }
 
         fn nonce(&mut self, secs: u64, request: &RegisterRequest) -> String {
@@ -672,7 +683,7 @@ mod tests {
         BindingView {
             contact: contact.to_owned(),
             expires,
-            source,
+            peer: peer(source),
         }
     }
 
