@@ -38,6 +38,8 @@ pub enum ControlCommand {
     OperatorState { name: String, state: String },
     /// Operator accounts were added, removed or given a new password: reload them.
     OperatorsChanged,
+    /// Calls in progress and the SIP side's counters.
+    Status,
 }
 
 /// One parsed request; the server answers through `reply` with a JSON object
@@ -296,7 +298,9 @@ mod tests {
                     ControlCommand::OperatorState { name, .. } => {
                         json!({"ok": false, "error": format!("no operator named {name}")})
                     }
-                    ControlCommand::OperatorsChanged => json!({"ok": true}),
+                    ControlCommand::OperatorsChanged | ControlCommand::Status => {
+                        json!({"ok": true})
+                    }
                 };
                 seen.push(req.command);
                 let _ = req.reply.send(reply);

@@ -148,7 +148,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check => match hotline::app::load_call_flow(&cfg) {
+        Command::Check => match hotline::serve::load::call_flow(&cfg) {
             Ok((flow, prompts)) => {
                 println!(
                     "{file}: ok; {}: {} nodes; {}: {} prompts",
@@ -178,15 +178,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(hotline::server::run(cfg)) {
+            match rt.block_on(hotline::serve::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(hotline::server::StartError::Config(errors)) => {
+                Err(hotline::serve::StartError::Config(errors)) => {
                     for e in errors {
                         eprintln!("hotline: {e}");
                     }
                     ExitCode::from(2)
                 }
-                Err(hotline::server::StartError::Other(e)) => {
+                Err(hotline::serve::StartError::Other(e)) => {
                     eprintln!("hotline: {e}");
                     ExitCode::FAILURE
                 }

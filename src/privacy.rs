@@ -23,7 +23,12 @@ impl CallerIdFilter {
 
     /// Loads the key for `hash` (creating it, mode 0600, when missing); other
     /// policies need no key.
-    pub fn load(policy: CallerIdPolicy, key_file: &Path) -> Result<Self, String> {
+    /// `new_key` makes the key when the file does not exist yet.
+    pub fn load(
+        policy: CallerIdPolicy,
+        key_file: &Path,
+        new_key: &mut dyn rand::RngCore,
+    ) -> Result<Self, String> {
         if policy != CallerIdPolicy::Hash {
             return Ok(CallerIdFilter::new(policy, Vec::new()));
         }
@@ -35,7 +40,7 @@ impl CallerIdFilter {
                     key_file.display()
                 ))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(key_file)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(key_file, new_key)
                 .map_err(|e| format!("{}: cannot create key file: {e}", key_file.display()))?,
             Err(e) => return Err(format!("{}: cannot read key file: {e}", key_file.display())),
         };
@@ -61,12 +66,13 @@ impl CallerIdFilter {
     }
 }
 
-fn create_key(path: &Path) -> std::io::Result<Vec<u8>> {
+fn create_key(path: &Path, rng: &mut dyn rand::RngCore) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let key: [u8; 32] = rand::random();
+    let mut key = [0u8; 32];
+    rng.fill_bytes(&mut key);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -104,10 +110,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/caller-id.key");
-        let f = CallerIdFilter::load(CallerIdPolicy::Hash, &path).unwrap();
+        let f = CallerIdFilter::load(CallerIdPolicy::Hash, &path, &mut rand::rngs::OsRng).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = CallerIdFilter::load(CallerIdPolicy::Hash, &path).unwrap();
+        let again =
+            CallerIdFilter::load(CallerIdPolicy::Hash, &path, &mut rand::rngs::OsRng).unwrap();
         assert_eq!(f.apply("x"), again.apply("x"));
     }
 }

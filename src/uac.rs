@@ -5,22 +5,22 @@
 //! times (RFC 4733, in-band or SIP INFO), record what it hears, hang up, and print one
 //! JSON object saying what happened.
 
-use crate::call::MediaEvent;
-use crate::call::{CallEvent, Peer};
+use crate::call::{CallEvent, EndReason, MediaEvent, Peer, WallClock};
 use crate::config::{ListenAddr, PortRange, Protocol};
+use crate::driver::{Driver, Wake};
 use crate::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig};
 use crate::media::prompt::{load_prompt, Prompt};
 use crate::media::session::{DtmfMode, RecordSpec};
 use crate::media::voicemail::VoicemailStopConfig;
-use crate::sip::transport::{self, NetInput, TcpLimits};
+use crate::sip::transport::{self, TcpLimits};
 use crate::sip::{Endpoint, EndpointConfig, Output};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DigitMode {
@@ -131,13 +131,13 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
         let local = transport::resolve_local_for(any, remote);
         SocketAddr::new(local.ip(), 0)
     });
-    let (net_tx, mut net_rx) = transport::input_channel();
+    let (net_tx, net_rx) = transport::input_channel();
     let limits = TcpLimits {
         idle_timeout: Duration::from_secs(60),
         max_per_source: 4,
         max_message: 65535,
     };
-    let mut transports = transport::bind(
+    let transports = transport::bind(
         &[ListenAddr {
             protocol: Protocol::Udp,
             addr: bind,
@@ -149,7 +149,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
     let (link, local) = transports
         .first_udp()
         .ok_or_else(|| anyhow::anyhow!("no UDP socket"))?;
-    let (media_tx, mut media_rx) = mpsc::unbounded_channel();
+    let (media_tx, media_rx) = mpsc::unbounded_channel();
     let media = engine::spawn(
         MediaConfig {
             ports: opts.rtp_ports,
@@ -160,7 +160,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
         media_tx,
     );
     let started = Instant::now();
-    let mut ep = Endpoint::new(
+    let ep = Endpoint::new(
         EndpointConfig {
             max_calls: 1,
             // A caller sending in-band tones must not offer telephone-event, or the far
@@ -169,11 +169,12 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
             ..EndpointConfig::default()
         },
         rand::SeedableRng::from_entropy(),
-        started.into_std(),
-        crate::call::WallClock::anchor(started.into_std(), std::time::SystemTime::now()),
+        started,
+        WallClock::anchor(started, std::time::SystemTime::now()),
     );
-    let call = ep.place_call(
-        started.into_std(),
+    let mut driver = Driver::new(ep, transports, media, net_rx, media_rx);
+    let call = driver.ep.place_call(
+        started,
         Peer {
             link,
             remote,
@@ -195,97 +196,79 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
     pending_digits.reverse();
     let mut awaiting_recording = false;
     loop {
-        while let Some(out) = ep.poll_output() {
-            match out {
-                Output::Transmit { peer, data } => transports.send(peer, data),
-                Output::Media(cmd) => media.send(EngineCommand::Sip(cmd)),
-                Output::Call(CallEvent::Started { sip_call_id, .. }) => {
-                    summary.sip_call_id = Some(sip_call_id)
-                }
-                Output::Call(CallEvent::Answered { codec, .. }) => {
-                    summary.answered = true;
-                    summary.codec = Some(codec.sdp_name().to_string());
-                    summary.setup_ms = Some(started.elapsed().as_millis());
-                    answered_at = Some(Instant::now());
-                    if let Some(v) = &voice {
-                        media.send(EngineCommand::Play {
-                            call,
-                            token: 1,
-                            prompts: vec![v.clone()],
-                            looping: false,
-                        });
-                    }
-                    if let Some(path) = &opts.record {
-                        let forever = u32::MAX / 16;
-                        let stop = VoicemailStopConfig {
-                            finish_keys: String::new(),
-                            silence_timeout_ms: forever,
-                            no_speech_timeout_ms: forever,
-                            max_length_ms: forever,
-                            keep_silence_ms: forever,
-                            ..VoicemailStopConfig::default()
-                        };
-                        let _ = std::fs::remove_file(path);
-                        media.send(EngineCommand::StartRecording {
-                            call,
-                            path: path.clone(),
-                            spec: RecordSpec { stop },
-                        });
-                        awaiting_recording = true;
-                    }
-                }
-                Output::Call(CallEvent::Ended { reason, .. }) => {
-                    summary.end_reason = Some(reason.as_str());
-                    summary.duration_ms = answered_at.map(|a| a.elapsed().as_millis());
-                    ended = true;
-                    give_up = give_up.min(Instant::now() + Duration::from_secs(3));
-                }
-                Output::Info { .. }
-                | Output::CloseConnection(_)
-                | Output::Registrar(_)
-                | Output::FeatureCode { .. } => {}
+        driver.drain(&mut |d, out| match out {
+            Output::Call(CallEvent::Started { sip_call_id, .. }) => {
+                summary.sip_call_id = Some(sip_call_id)
             }
-        }
+            Output::Call(CallEvent::Answered { codec, .. }) => {
+                summary.answered = true;
+                summary.codec = Some(codec.sdp_name().to_string());
+                summary.setup_ms = Some(started.elapsed().as_millis());
+                answered_at = Some(Instant::now());
+                if let Some(v) = &voice {
+                    d.media.send(EngineCommand::Play {
+                        call,
+                        token: 1,
+                        prompts: vec![v.clone()],
+                        looping: false,
+                    });
+                }
+                if let Some(path) = &opts.record {
+                    let forever = u32::MAX / 16;
+                    let stop = VoicemailStopConfig {
+                        finish_keys: String::new(),
+                        silence_timeout_ms: forever,
+                        no_speech_timeout_ms: forever,
+                        max_length_ms: forever,
+                        keep_silence_ms: forever,
+                        ..VoicemailStopConfig::default()
+                    };
+                    let _ = std::fs::remove_file(path);
+                    d.media.send(EngineCommand::StartRecording {
+                        call,
+                        path: path.clone(),
+                        spec: RecordSpec { stop },
+                    });
+                    awaiting_recording = true;
+                }
+            }
+            Output::Call(CallEvent::Ended { reason, .. }) => {
+                summary.end_reason = Some(reason.as_str());
+                summary.duration_ms = answered_at.map(|a| a.elapsed().as_millis());
+                ended = true;
+                give_up = give_up.min(Instant::now() + Duration::from_secs(3));
+            }
+            _ => {}
+        });
         if ended && !awaiting_recording {
             break;
         }
-        let mut deadline = ep
-            .poll_timeout()
-            .map(Instant::from_std)
-            .unwrap_or(give_up)
-            .min(give_up);
+        let mut deadline = give_up;
         if let (Some(a), false) = (answered_at, hung_up) {
             deadline = deadline.min(a + opts.hangup_after);
             if let Some((_, at)) = pending_digits.last() {
                 deadline = deadline.min(a + *at);
             }
         }
-        tokio::select! {
-            Some(input) = net_rx.recv() => {
-                let now = std::time::Instant::now();
-                match input {
-                    NetInput::Datagram { link, local, from, data } => ep.handle_datagram(now, link, local, from, &data),
-                    NetInput::ConnOpened { id, sender } => transports.conn_opened(id, sender),
-                    NetInput::ConnClosed { id } => transports.conn_closed(id),
-                    NetInput::Stream { .. } => {}
-                }
-            }
-            Some(ev) = media_rx.recv() => {
-                let now = std::time::Instant::now();
-                match ev {
-                    MediaEvent::Allocated { call, port } => ep.media_allocated(now, call, port),
-                    MediaEvent::Failed { call } => ep.media_failed(now, call),
-                    MediaEvent::RecordingStopped { result, .. } => {
-                        awaiting_recording = false;
-                        match result {
-                            Ok(info) => summary.recorded = Some(RecordedAudio { path: info.path.display().to_string(), duration_ms: info.duration_ms }),
-                            Err(e) => tracing::error!("recording failed: {e}"),
-                        }
+        match driver
+            .wait(Some(deadline), std::future::pending::<()>())
+            .await
+        {
+            Wake::Net | Wake::Other(()) => {}
+            Wake::Media(MediaEvent::RecordingStopped { result, .. }) => {
+                awaiting_recording = false;
+                match result {
+                    Ok(info) => {
+                        summary.recorded = Some(RecordedAudio {
+                            path: info.path.display().to_string(),
+                            duration_ms: info.duration_ms,
+                        })
                     }
-                    _ => {}
+                    Err(e) => tracing::error!("recording failed: {e}"),
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            Wake::Media(_) => {}
+            Wake::Timer => {
                 let now = Instant::now();
                 if now >= give_up {
                     break;
@@ -297,18 +280,26 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
                         }
                         pending_digits.pop();
                         summary.digits_sent.push(digit);
-                        match opts.dtmf_mode {
-                            DigitMode::Info => ep.send_info_digit(now.into_std(), call, digit, 100),
-                            DigitMode::Rfc4733 => media.send(EngineCommand::SendDigit { call, digit, duration_ms: 100, mode: DtmfMode::Rfc4733 }),
-                            DigitMode::Inband => media.send(EngineCommand::SendDigit { call, digit, duration_ms: 100, mode: DtmfMode::Inband }),
-                        }
+                        let mode = match opts.dtmf_mode {
+                            DigitMode::Info => {
+                                driver.ep.send_info_digit(now, call, digit, 100);
+                                continue;
+                            }
+                            DigitMode::Rfc4733 => DtmfMode::Rfc4733,
+                            DigitMode::Inband => DtmfMode::Inband,
+                        };
+                        driver.media.send(EngineCommand::SendDigit {
+                            call,
+                            digit,
+                            duration_ms: 100,
+                            mode,
+                        });
                     }
                     if now >= a + opts.hangup_after {
                         hung_up = true;
-                        ep.hangup(now.into_std(), call, crate::call::EndReason::OurBye);
+                        driver.ep.hangup(now, call, EndReason::OurBye);
                     }
                 }
-                ep.handle_timeout(now.into_std());
             }
         }
     }

@@ -490,13 +490,13 @@ async fn digits_cross_the_bridge_once_in_the_form_the_other_leg_understands() {
     let (dig_b, rx_b) = mpsc::unbounded_channel();
     let phone_a = tokio::spawn(run_phone(
         a,
-        MediaSession::new(Codec::Pcmu, Some(101), false),
+        MediaSession::new(Codec::Pcmu, Some(101), false, RtpSender::new(1, 2, 3)),
         rx_a,
         stop_rx.clone(),
     ));
     let phone_b = tokio::spawn(run_phone(
         b,
-        MediaSession::new(Codec::Pcma, None, true),
+        MediaSession::new(Codec::Pcma, None, true, RtpSender::new(4, 5, 6)),
         rx_b,
         stop_rx,
     ));

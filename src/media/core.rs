@@ -12,7 +12,7 @@
 
 use super::bridge::{Bridge, JitterConfig, Side};
 use super::prompt::Prompt;
-use super::rtp::MAX_PACKET;
+use super::rtp::{RtpSender, MAX_PACKET};
 use super::session::{DtmfMode, MediaSession, RecordSpec, SessionEvent};
 use crate::call::{CallId, Channels, Codec, MediaCommand, MediaEvent, RecordingInfo, StopReason};
 use crate::config::PortRange;
@@ -259,6 +259,8 @@ enum RecordingOwner {
 
 pub struct MediaCore {
     cfg: MediaConfig,
+    /// RTP stream starts (SSRC, sequence, timestamp) of new legs.
+    rng: rand::rngs::StdRng,
     pool: PortPool,
     legs: HashMap<CallId, Leg>,
     bridges: Vec<ActiveBridge>,
@@ -273,8 +275,10 @@ pub struct MediaCore {
 
 impl MediaCore {
     pub fn new(cfg: MediaConfig, rng: &mut dyn RngCore) -> Self {
+        use rand::SeedableRng;
         MediaCore {
             pool: PortPool::new(cfg.ports, rng),
+            rng: rand::rngs::StdRng::from_rng(rng).expect("a generator seeds another"),
             cfg,
             legs: HashMap::new(),
             bridges: Vec::new(),
@@ -318,7 +322,7 @@ impl MediaCore {
     /// The engine bound `port` for `call`: the leg exists from now on.
     pub fn leg_bound(&mut self, call: CallId, port: u16, now_ms: u64) -> LegHandle {
         let shared = Arc::new(Mutex::new(MediaLeg {
-            session: MediaSession::new(Codec::Pcmu, None, false),
+            session: MediaSession::new(Codec::Pcmu, None, false, RtpSender::random(&mut self.rng)),
             remote: None,
             signal_ip: None,
             latch: Latch::Done,

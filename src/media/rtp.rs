@@ -23,8 +23,9 @@ pub struct RtpSender {
 impl RtpSender {
     /// Random SSRC, sequence and timestamp starts (RFC 3550 §5.1), so streams cannot be
     /// guessed or confused across calls.
-    pub fn new_random() -> Self {
-        Self::new(rand::random(), rand::random(), rand::random())
+    pub fn random(rng: &mut dyn rand::RngCore) -> Self {
+        use rand::Rng;
+        Self::new(rng.gen(), rng.gen(), rng.gen())
     }
 
     pub fn new(ssrc: u32, seq: u16, timestamp: u32) -> Self {

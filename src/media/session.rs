@@ -121,11 +121,12 @@ pub struct MediaSession {
 impl MediaSession {
     /// `inband` turns the Goertzel detector on (when the peer did not negotiate
     /// telephone-event, or when configured to listen anyway).
-    pub fn new(codec: Codec, telephone_event_pt: Option<u8>, inband: bool) -> Self {
+    /// `rtp` carries the stream's (random) SSRC, sequence and timestamp starts.
+    pub fn new(codec: Codec, telephone_event_pt: Option<u8>, inband: bool, rtp: RtpSender) -> Self {
         MediaSession {
             codec,
             telephone_event_pt,
-            rtp: RtpSender::new_random(),
+            rtp,
             player: PromptPlayer::new(),
             play_token: None,
             injected: VecDeque::new(),
@@ -504,7 +505,7 @@ mod tests {
 
     #[test]
     fn playback_then_silence_and_finished_event() {
-        let mut s = MediaSession::new(Codec::Pcmu, Some(101), false);
+        let mut s = MediaSession::new(Codec::Pcmu, Some(101), false, RtpSender::new(7, 100, 1000));
         let prompt = Arc::new(Prompt::new(PromptAudio::new("p", vec![1000; 800])));
         s.play(7, vec![prompt], false);
         let mut out = [0u8; MAX_PACKET];
@@ -524,8 +525,10 @@ mod tests {
 
     #[test]
     fn rfc4733_digits_from_a_sending_session_arrive_once() {
-        let mut caller = MediaSession::new(Codec::Pcmu, Some(101), false);
-        let mut hotline = MediaSession::new(Codec::Pcmu, Some(101), false);
+        let mut caller =
+            MediaSession::new(Codec::Pcmu, Some(101), false, RtpSender::new(7, 100, 1000));
+        let mut hotline =
+            MediaSession::new(Codec::Pcmu, Some(101), false, RtpSender::new(7, 100, 1000));
         for d in "1234567890*#".chars() {
             caller.send_digit(d, 100, DtmfMode::Rfc4733);
         }
@@ -548,8 +551,8 @@ mod tests {
     #[test]
     fn inband_digits_through_g711_arrive_once() {
         for codec in [Codec::Pcmu, Codec::Pcma] {
-            let mut caller = MediaSession::new(codec, None, false);
-            let mut hotline = MediaSession::new(codec, None, true);
+            let mut caller = MediaSession::new(codec, None, false, RtpSender::new(7, 100, 1000));
+            let mut hotline = MediaSession::new(codec, None, true, RtpSender::new(7, 100, 1000));
             for d in "1234567890*#11".chars() {
                 caller.send_digit(d, 80, DtmfMode::Inband);
             }
@@ -570,7 +573,7 @@ mod tests {
 
     #[test]
     fn recording_stops_on_finish_key_and_hands_out_its_audio() {
-        let mut s = MediaSession::new(Codec::Pcma, Some(101), false);
+        let mut s = MediaSession::new(Codec::Pcma, Some(101), false, RtpSender::new(7, 100, 1000));
         s.start_recording(&RecordSpec {
             stop: VoicemailStopConfig::default(),
         })
@@ -612,7 +615,7 @@ mod tests {
 
     #[test]
     fn relay_sends_the_other_partys_audio_in_this_legs_codec() {
-        let mut s = MediaSession::new(Codec::Pcma, None, false);
+        let mut s = MediaSession::new(Codec::Pcma, None, false, RtpSender::new(7, 100, 1000));
         let mut out = [0u8; MAX_PACKET];
         s.on_tick(&mut out);
         // Not relaying: a frame given is ignored, silence goes out.
@@ -648,7 +651,7 @@ mod tests {
 
     #[test]
     fn relay_keeps_received_audio_and_digits_until_taken() {
-        let mut s = MediaSession::new(Codec::Pcmu, Some(101), false);
+        let mut s = MediaSession::new(Codec::Pcmu, Some(101), false, RtpSender::new(7, 100, 1000));
         let mut peer = RtpSender::new(5, 100, 0);
         let mut taken = Vec::new();
         // Before the bridge nothing is kept.
@@ -684,7 +687,7 @@ mod tests {
 
     #[test]
     fn prompts_and_digits_go_before_relayed_audio() {
-        let mut s = MediaSession::new(Codec::Pcmu, None, false);
+        let mut s = MediaSession::new(Codec::Pcmu, None, false, RtpSender::new(7, 100, 1000));
         let mut out = [0u8; MAX_PACKET];
         s.start_relay();
         let loud = [8000i16; 160];
@@ -720,7 +723,7 @@ mod tests {
 
     #[test]
     fn garbage_packets_are_ignored() {
-        let mut s = MediaSession::new(Codec::Pcmu, Some(101), true);
+        let mut s = MediaSession::new(Codec::Pcmu, Some(101), true, RtpSender::new(7, 100, 1000));
         let mut x: u32 = 12345;
         for t in 0..5000 {
             let len = (x % 200) as usize;

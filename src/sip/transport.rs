@@ -53,6 +53,23 @@ pub struct TransportStats {
     pub tcp_refused: AtomicU64,
 }
 
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct TransportCounts {
+    pub send_errors: u64,
+    pub queue_full: u64,
+    pub tcp_refused: u64,
+}
+
+impl TransportStats {
+    pub fn snapshot(&self) -> TransportCounts {
+        TransportCounts {
+            send_errors: self.send_errors.load(Ordering::Relaxed),
+            queue_full: self.queue_full.load(Ordering::Relaxed),
+            tcp_refused: self.tcp_refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub struct Transports {
     udp: Vec<Arc<UdpSocket>>,
     conns: HashMap<u64, mpsc::Sender<Arc<[u8]>>>,

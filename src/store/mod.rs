@@ -169,10 +169,10 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 pub type AddrFilter = Box<dyn Fn(&str) -> Option<String> + Send>;
 
 /// Marks calls left open by a crash or kill as ended, so no row claims to be live.
-pub fn close_interrupted(conn: &Connection) -> rusqlite::Result<usize> {
+pub fn close_interrupted(conn: &Connection, now: SystemTime) -> rusqlite::Result<usize> {
     conn.execute(
         "UPDATE calls SET ended_at = ?1, end_reason = 'interrupted' WHERE ended_at IS NULL",
-        params![rfc3339(SystemTime::now())],
+        params![rfc3339(now)],
     )
 }
 
@@ -201,13 +201,14 @@ pub enum StoreCommand {
         media_ms: u64,
         at: SystemTime,
     },
-    /// A finished recording; `reply` learns whether its row is committed.
+    /// A finished recording. A voice message's commit (or failure) is reported as
+    /// `StoreEvent::RecordingStored`.
     Recording {
         call: CallId,
         kind: &'static str,
         info: crate::call::RecordingInfo,
         partial: bool,
-        reply: Option<tokio::sync::mpsc::UnboundedSender<(CallId, bool)>>,
+        at: SystemTime,
     },
     /// Something that happened to a call in the operator queue. Kinds: "joined",
     /// "position_announced", "offered", "offer_missed" (reason "timeout" | "rejected" |
@@ -240,13 +241,24 @@ pub enum StoreCommand {
     Flush(mpsc::Sender<()>),
 }
 
-/// Starts the writer thread. Events are batched: one transaction per wake-up.
+/// What the writer reports back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A voice message's row is committed (`ok`), or could not be.
+    RecordingStored { call: CallId, ok: bool },
+}
+
+/// Starts the writer thread (after marking calls an earlier stop left open as
+/// interrupted at `now`). Events are batched: one transaction per wake-up. `events`
+/// is called on the writer's thread.
 pub fn spawn_writer(
     path: PathBuf,
     addr_filter: AddrFilter,
+    events: Box<dyn Fn(StoreEvent) + Send>,
+    now: SystemTime,
 ) -> rusqlite::Result<mpsc::Sender<StoreCommand>> {
     let conn = open(&path)?;
-    let closed = close_interrupted(&conn)?;
+    let closed = close_interrupted(&conn, now)?;
     if closed > 0 {
         tracing::warn!(
             closed,
@@ -256,12 +268,17 @@ pub fn spawn_writer(
     let (tx, rx) = mpsc::channel::<StoreCommand>();
     std::thread::Builder::new()
         .name("store".into())
-        .spawn(move || writer(conn, rx, addr_filter))
+        .spawn(move || writer(conn, rx, addr_filter, events))
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     Ok(tx)
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<StoreCommand>, addr_filter: AddrFilter) {
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<StoreCommand>,
+    addr_filter: AddrFilter,
+    events: Box<dyn Fn(StoreEvent) + Send>,
+) {
     let mut rows: HashMap<CallId, i64> = HashMap::new();
     let mut ended: std::collections::VecDeque<CallId> = std::collections::VecDeque::new();
     while let Ok(first) = rx.recv() {
@@ -290,11 +307,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<StoreCommand>, addr_filter: A
                         kind,
                         info,
                         partial,
-                        reply,
+                        at,
                     } => {
-                        let ok = insert_recording(&tx, &rows, call, kind, &info, partial)?;
-                        if let Some(r) = reply {
-                            replies.push((r, call, ok));
+                        let ok = insert_recording(&tx, &rows, call, kind, &info, partial, at)?;
+                        if kind == "voicemail" {
+                            replies.push((call, ok));
                         }
                     }
                     other => apply_detail(&tx, &rows, other)?,
@@ -306,8 +323,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<StoreCommand>, addr_filter: A
         if let Err(e) = result {
             tracing::error!("database write failed: {e}");
         }
-        for (r, call, ok) in replies {
-            let _ = r.send((call, ok && committed));
+        for (call, ok) in replies {
+            events(StoreEvent::RecordingStored {
+                call,
+                ok: ok && committed,
+            });
         }
         for f in flushes {
             let _ = f.send(());
@@ -381,6 +401,7 @@ fn insert_recording(
     kind: &str,
     info: &crate::call::RecordingInfo,
     partial: bool,
+    at: SystemTime,
 ) -> rusqlite::Result<bool> {
     let Some(id) = rows.get(&call) else {
         tracing::error!(
@@ -403,7 +424,7 @@ fn insert_recording(
         info.size_bytes as i64,
         info.sha256_hex,
         partial,
-        rfc3339(SystemTime::now())
+        rfc3339(at)
     ])?;
     Ok(true)
 }
@@ -774,7 +795,13 @@ mod tests {
     fn writer_batches_and_lists_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hotline.db");
-        let tx = spawn_writer(path.clone(), Box::new(|a| Some(a.to_string()))).unwrap();
+        let tx = spawn_writer(
+            path.clone(),
+            Box::new(|a| Some(a.to_string())),
+            Box::new(|_| {}),
+            SystemTime::now(),
+        )
+        .unwrap();
         for call in 1..=3u64 {
             start_call(&tx, call);
             tx.send(StoreCommand::Event(CallEvent::Answered {
@@ -850,7 +877,13 @@ mod tests {
     fn queue_events_show_in_list_calls() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hotline.db");
-        let tx = spawn_writer(path.clone(), Box::new(|a| Some(a.to_string()))).unwrap();
+        let tx = spawn_writer(
+            path.clone(),
+            Box::new(|a| Some(a.to_string())),
+            Box::new(|_| {}),
+            SystemTime::now(),
+        )
+        .unwrap();
         let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
         // 1: answered after a missed offer; 2: overflowed to voicemail; 3: abandoned;
@@ -1010,7 +1043,7 @@ mod tests {
             [],
         )
         .unwrap();
-        assert_eq!(close_interrupted(&conn).unwrap(), 1);
+        assert_eq!(close_interrupted(&conn, SystemTime::now()).unwrap(), 1);
         let reason: String = conn
             .query_row("SELECT end_reason FROM calls", [], |r| r.get(0))
             .unwrap();

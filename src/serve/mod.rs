@@ -1,0 +1,372 @@
+//! `hotline serve`: start-up in order (nothing listens before the database, the key,
+//! the flow and the prompts are ready), then the loop that joins the driver (SIP and
+//! media), the hosts (IVR and queue), the store and the control socket, and an orderly
+//! stop (every call hung up, every row committed).
+//!
+//! Owns wiring and the clock; reads the wall clock and seeds the generators the
+//! sans-IO parts are given. Must not hold call logic.
+
+pub mod answers;
+pub mod load;
+
+use crate::app::{App, AppOutput, AppSetup};
+use crate::call::{EndReason, WallClock};
+use crate::config::{CallerIdPolicy, Config};
+use crate::control::ControlRequest;
+use crate::driver::{Driver, Wake};
+use crate::media::engine::{self, InbandPolicy, MediaConfig};
+use crate::privacy::CallerIdFilter;
+use crate::sip::admission::AdmissionConfig;
+use crate::sip::digest::DigestConfig;
+use crate::sip::operators::RegistrarSetup;
+use crate::sip::registrar::{RegistrarConfig, RegistrarEvent};
+use crate::sip::transport::{self, TcpLimits};
+use crate::sip::{Endpoint, EndpointConfig, Output, TimerConfig};
+use crate::store::{self, StoreCommand, StoreEvent};
+use rand::SeedableRng;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+/// The operators' registrar settings.
+pub fn registrar_setup(cfg: &Config) -> RegistrarSetup {
+    let op = &cfg.operators;
+    let mut digest = DigestConfig::new(op.realm.clone());
+    digest.nonce_lifetime = Duration::from_secs(op.nonce_lifetime_s);
+    digest.algorithms = op
+        .digest_algorithms
+        .iter()
+        .filter_map(|a| crate::sip::digest::Algorithm::from_token(a))
+        .collect();
+    RegistrarSetup {
+        registrar: RegistrarConfig {
+            min_expires: op.min_expires_s,
+            max_expires: op.max_expires_s,
+            default_expires: op.max_expires_s,
+            max_failures: op.max_auth_failures,
+            failure_window: Duration::from_secs(op.auth_failure_window_s),
+            lockout: Duration::from_secs(op.lockout_s),
+            ..RegistrarConfig::default()
+        },
+        digest,
+        feature_codes: vec![
+            (op.feature_available.clone(), "Available".to_string()),
+            (op.feature_paused.clone(), "Paused".to_string()),
+        ],
+    }
+}
+
+pub fn endpoint_config(cfg: &Config, filter: &CallerIdFilter) -> EndpointConfig {
+    let f = filter.clone();
+    EndpointConfig {
+        timers: TimerConfig {
+            t1: Duration::from_millis(cfg.sip.t1_ms),
+            t2: Duration::from_millis(cfg.sip.t2_ms),
+            t4: Duration::from_millis(cfg.sip.t4_ms),
+        },
+        max_calls: cfg.limits.max_calls,
+        max_call_duration: Duration::from_secs(cfg.limits.max_call_duration_s),
+        answer_delay: Duration::from_millis(cfg.sip.answer_delay_ms),
+        public_ip: cfg.sip.public_address.parse::<IpAddr>().ok(),
+        admission: AdmissionConfig {
+            rate: cfg.limits.source_rate,
+            burst: cfg.limits.source_burst,
+            trusted: cfg.limits.trusted_sources.clone(),
+        },
+        max_message_bytes: cfg.sip.max_message_bytes,
+        caller_id: Arc::new(move |s: &str| f.apply(s)),
+        log_messages: filter.policy() == CallerIdPolicy::Keep,
+        registrar: Some(registrar_setup(cfg)),
+        ..EndpointConfig::default()
+    }
+}
+
+pub fn media_config(cfg: &Config) -> MediaConfig {
+    MediaConfig {
+        ports: cfg.rtp.ports,
+        rtp_timeout: Duration::from_secs(cfg.rtp.timeout_s),
+        inband: match cfg.rtp.inband_dtmf {
+            crate::config::InbandDtmf::Auto => InbandPolicy::Auto,
+            crate::config::InbandDtmf::Always => InbandPolicy::Always,
+            crate::config::InbandDtmf::Never => InbandPolicy::Never,
+        },
+        latch: cfg.rtp.latch,
+    }
+}
+
+/// Start-up failures: configuration problems (exit 2, nothing started) or others.
+#[derive(Debug)]
+pub enum StartError {
+    Config(Vec<String>),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Other(e)
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Other(e.into())
+    }
+}
+
+/// Everything besides SIP and media the loop listens to.
+enum Extra {
+    Control(ControlRequest),
+    Store(StoreEvent),
+    Stop,
+}
+
+/// What the loop carries state in, besides the driver.
+struct Service {
+    cfg: Config,
+    app: App,
+    store: std::sync::mpsc::Sender<StoreCommand>,
+    accounts: rusqlite::Connection,
+}
+
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    let (flow, prompts) = load::call_flow(&cfg).map_err(StartError::Config)?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.storage.data_dir)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot create data directory: {e}",
+                cfg.storage.data_dir.display()
+            )
+        })?;
+    let filter = CallerIdFilter::load(
+        cfg.privacy.caller_id,
+        &cfg.privacy.hash_key_file,
+        &mut rand::rngs::OsRng,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let addr_filter = {
+        let f = filter.clone();
+        Box::new(move |a: &str| f.apply(a)) as store::AddrFilter
+    };
+    let (store_events_tx, mut store_events) = mpsc::unbounded_channel();
+    let store_tx = store::spawn_writer(
+        cfg.database_path(),
+        addr_filter,
+        Box::new(move |ev| {
+            let _ = store_events_tx.send(ev);
+        }),
+        SystemTime::now(),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
+    // Recordings cut short by a crash or power loss get their WAV header repaired.
+    if let Ok(reports) = crate::media::recorder::repair_dir_recursive(cfg.recordings_dir()) {
+        for r in reports {
+            match &r.result {
+                Ok(crate::media::recorder::RepairOutcome::AlreadyValid) => {}
+                Ok(outcome) => {
+                    tracing::warn!(path = %r.path.display(), ?outcome, "recording repaired")
+                }
+                Err(e) => {
+                    tracing::error!(path = %r.path.display(), "recording cannot be repaired: {e}")
+                }
+            }
+        }
+    }
+    let accounts = store::open(&cfg.database_path())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
+    let started = Instant::now();
+    let wall = WallClock::anchor(started, SystemTime::now());
+    let mut seed = rand::rngs::StdRng::from_entropy();
+    let app = App::new(
+        AppSetup {
+            flow,
+            prompts: prompts.clone(),
+            recordings_dir: cfg.recordings_dir(),
+            queue: cfg.queue.clone(),
+            available_on_register: cfg.operators.available_on_register,
+        },
+        rand::rngs::StdRng::from_rng(&mut seed).map_err(anyhow::Error::from)?,
+        wall,
+    );
+    let mut control_rx = crate::control::spawn_listener(&crate::control::socket_path(&cfg))
+        .map_err(|e| anyhow::anyhow!("control socket: {e}"))?;
+
+    let (net_tx, net_rx) = transport::input_channel();
+    let limits = TcpLimits {
+        idle_timeout: Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
+        max_per_source: cfg.sip.tcp_max_connections_per_source,
+        max_message: cfg.sip.max_message_bytes,
+    };
+    let transports = transport::bind(&cfg.sip.listen, limits, net_tx).await?;
+    let (media_ev_tx, media_rx) = mpsc::unbounded_channel();
+    let media = engine::spawn(media_config(&cfg), media_ev_tx);
+    let ep = Endpoint::new(
+        endpoint_config(&cfg, &filter),
+        rand::rngs::StdRng::from_rng(&mut seed).map_err(anyhow::Error::from)?,
+        started,
+        wall,
+    );
+    let mut driver = Driver::new(ep, transports, media, net_rx, media_rx);
+    for b in &driver.transports.bound {
+        println!("hotline: SIP listening on {b}");
+    }
+    println!(
+        "hotline: RTP ports {}-{}, database {}, {} prompts, caller-id {:?}",
+        cfg.rtp.ports.first,
+        cfg.rtp.ports.last,
+        cfg.database_path().display(),
+        prompts.len(),
+        cfg.privacy.caller_id
+    );
+    let mut svc = Service {
+        cfg,
+        app,
+        store: store_tx,
+        accounts,
+    };
+    answers::load_operators(&svc.accounts, &svc.cfg, &mut driver.ep, &mut svc.app);
+    tracing::info!("hotline started");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        let deadline = svc.app.poll_timeout().into_iter().chain(stop_by).min();
+        let stopping = stop_by.is_some();
+        let extra = async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c(), if !stopping => Extra::Stop,
+                _ = sigterm.recv(), if !stopping => Extra::Stop,
+                Some(req) = control_rx.recv() => Extra::Control(req),
+                Some(ev) = store_events.recv() => Extra::Store(ev),
+            }
+        };
+        let wake = driver.wait(deadline, extra).await;
+        let now = Instant::now();
+        match wake {
+            Wake::Net => {}
+            Wake::Media(ev) => svc.app.on_media_event(ev, now),
+            Wake::Timer => {
+                svc.app.handle_timeout(now);
+                if stop_by.is_some_and(|t| t <= now) {
+                    break;
+                }
+            }
+            Wake::Other(Extra::Stop) => {
+                tracing::info!(
+                    calls = driver.ep.call_count(),
+                    "shutting down: hanging up every call"
+                );
+                driver.ep.hangup_all(now);
+                // BYE transactions get a few seconds to complete.
+                stop_by = Some(now + Duration::from_secs(3));
+            }
+            Wake::Other(Extra::Control(req)) => {
+                let reply = answers::control(
+                    &mut svc.app,
+                    &mut driver,
+                    &svc.accounts,
+                    &svc.cfg,
+                    req.command,
+                );
+                let _ = req.reply.send(reply);
+            }
+            Wake::Other(Extra::Store(StoreEvent::RecordingStored { call, ok })) => {
+                svc.app.on_stored(call, ok, now)
+            }
+        }
+        pump(&mut driver, &mut svc, now);
+        if stop_by.is_some() && driver.ep.call_count() == 0 {
+            break;
+        }
+    }
+    let (ftx, frx) = std::sync::mpsc::channel();
+    let _ = svc.store.send(StoreCommand::Flush(ftx));
+    let _ = frx.recv_timeout(Duration::from_secs(10));
+    println!("hotline: stopped");
+    Ok(())
+}
+
+/// Moves outputs between the endpoint, the hosts, the media engine and the store
+/// until nothing is left to move.
+fn pump(driver: &mut Driver, svc: &mut Service, now: Instant) {
+    loop {
+        let from_sip = driver.drain(&mut |_, out| match out {
+            Output::Call(ev) => {
+                svc.app.on_call_event(&ev, now);
+                let _ = svc.store.send(StoreCommand::Event(ev));
+            }
+            Output::Registrar(RegistrarEvent::OperatorOnline { user }) => {
+                svc.app.operator_registered(&user, true, now)
+            }
+            Output::Registrar(RegistrarEvent::OperatorOffline { user }) => {
+                svc.app.operator_registered(&user, false, now)
+            }
+            Output::Registrar(other) => tracing::debug!(?other, "registration"),
+            Output::FeatureCode { user, code } => {
+                let available = code == svc.cfg.operators.feature_available;
+                match svc.app.set_operator_state(&user, available, "phone", now) {
+                    Ok(state) => tracing::info!(operator = %user, state, "set from the phone"),
+                    Err(e) => tracing::info!(operator = %user, "feature code ignored: {e}"),
+                }
+            }
+            Output::Transmit { .. }
+            | Output::Media(_)
+            | Output::CloseConnection(_)
+            | Output::Info { .. } => {}
+        });
+        let mut from_hosts = false;
+        while let Some(out) = svc.app.poll_output() {
+            from_hosts = true;
+            match out {
+                AppOutput::Media(cmd) => driver.media.send(cmd),
+                AppOutput::Store(cmd) => {
+                    let _ = svc.store.send(cmd);
+                }
+                AppOutput::Hangup(call) => driver.ep.hangup(now, call, EndReason::OurBye),
+                AppOutput::Offer {
+                    caller,
+                    operator,
+                    display,
+                    answers,
+                } => offer(
+                    driver,
+                    &mut svc.app,
+                    now,
+                    caller,
+                    &operator,
+                    &display,
+                    answers,
+                ),
+            }
+        }
+        if !from_sip && !from_hosts {
+            break;
+        }
+    }
+}
+
+/// Rings the phone the operator registered last.
+fn offer(
+    driver: &mut Driver,
+    app: &mut App,
+    now: Instant,
+    caller: crate::call::CallId,
+    operator: &str,
+    display: &str,
+    answers: String,
+) {
+    match driver.ep.operator_contacts(operator, now).pop() {
+        Some((contact, peer)) => {
+            let extra = vec![("X-Hotline-Answers".to_string(), answers)];
+            let leg = driver
+                .ep
+                .offer_call(now, operator, peer, &contact, display, "hotline", extra);
+            app.offer_placed(caller, operator, leg);
+        }
+        None => app.offer_failed(caller, operator, now),
+    }
+}
