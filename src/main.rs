@@ -53,6 +53,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Calls in progress and the SIP side's counters of the running hotline.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Place a test call (a small softphone for smoke tests).
     Call {
         /// Whom to call, e.g. sip:hotline@127.0.0.1:5060
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
         Command::Voicemails { json, limit } => voicemails(&cfg, json, limit),
         Command::Operator { command } => operator(&cfg, command),
         Command::Queue { json } => queue(&cfg, json),
+        Command::Status { json } => status(&cfg, json),
         Command::Call {
             uri,
             hangup_after,
@@ -627,6 +633,36 @@ fn format_table<const N: usize>(rows: &[[String; N]]) -> String {
 
 fn print_table<const N: usize>(rows: &[[String; N]]) {
     print!("{}", format_table(rows));
+}
+
+fn status(cfg: &Config, json: bool) -> ExitCode {
+    let socket = hotline::control::socket_path(cfg);
+    let reply = match hotline::control::request(&socket, &ControlCommand::Status) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hotline: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if reply["ok"] != true {
+        eprintln!("hotline: {}", reply_error(&reply));
+        return ExitCode::FAILURE;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "calls: {} ({} active)",
+        reply["calls"], reply["active_calls"]
+    );
+    for section in ["sip", "transport"] {
+        if let Some(counters) = reply[section].as_object() {
+            let line: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("{section}: {}", line.join(" "));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

@@ -251,6 +251,22 @@ fn sixth_concurrent_call_gets_503_with_retry_after() {
             .count(),
         1
     );
+    // The refusal and a retransmission are counted where `hotline status` shows them.
+    client.send(&client.invite("limit-6", "z9hG4bKlimit6", 40012));
+    recv_response(&client.sock, Some("limit-6"), Duration::from_secs(3)).expect("200 again");
+    let out = server.cli(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["sip"]["busy"], 1, "{status}");
+    assert!(
+        status["sip"]["retransmissions_absorbed"].as_u64() >= Some(1),
+        "{status}"
+    );
+    assert_eq!(status["active_calls"], 5, "{status}");
     server.assert_no_panic();
 }
 
