@@ -217,73 +217,32 @@ fn is_token_byte(b: u8) -> bool {
 
 /// `name=value` pairs separated by commas; names are lowercased, quoted values unescaped.
 fn parse_params(input: &str) -> Result<Vec<(String, String)>, DigestError> {
-    let bytes = input.as_bytes();
-    let skip_lws = |mut i: usize| {
-        while i < bytes.len() && is_lws(bytes[i] as char) {
-            i += 1;
-        }
-        i
-    };
     let mut params = Vec::new();
-    let mut i = 0;
-    loop {
+    for element in super::scan::split_unquoted(input, ',', false) {
+        let element = element.trim_matches(is_lws);
         // Empty list elements (",,") are allowed by the list syntax.
-        while i < bytes.len() && (bytes[i] == b',' || is_lws(bytes[i] as char)) {
-            i += 1;
+        if element.is_empty() {
+            continue;
         }
-        if i == bytes.len() {
-            return Ok(params);
-        }
-        let start = i;
-        while i < bytes.len() && is_token_byte(bytes[i]) {
-            i += 1;
-        }
-        if i == start {
+        let (name, value) = element.split_once('=').ok_or(DigestError::Malformed)?;
+        let name = name.trim_matches(is_lws);
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
             return Err(DigestError::Malformed);
         }
-        let name = input[start..i].to_ascii_lowercase();
-        i = skip_lws(i);
-        if bytes.get(i) != Some(&b'=') {
-            return Err(DigestError::Malformed);
-        }
-        i = skip_lws(i + 1);
-        let value = if bytes.get(i) == Some(&b'"') {
-            i += 1;
-            let mut value = Vec::new();
-            loop {
-                match bytes.get(i) {
-                    None => return Err(DigestError::Malformed),
-                    Some(b'"') => break,
-                    Some(b'\\') => {
-                        value.push(*bytes.get(i + 1).ok_or(DigestError::Malformed)?);
-                        i += 2;
-                    }
-                    Some(&b) => {
-                        value.push(b);
-                        i += 1;
-                    }
-                }
-            }
-            i += 1;
-            // Only ASCII backslashes were removed, so the UTF-8 of the input stays intact.
-            String::from_utf8(value).map_err(|_| DigestError::Malformed)?
+        let value = value.trim_matches(is_lws);
+        let value = if value.starts_with('"') {
+            super::scan::unquote(value).ok_or(DigestError::Malformed)?
         } else {
-            // Lenient: some clients send unquoted values that are not strict tokens (a bare URI).
-            let start = i;
-            while i < bytes.len() && bytes[i] != b',' && !is_lws(bytes[i] as char) {
-                i += 1;
-            }
-            if i == start {
+            // Lenient: some clients send unquoted values that are not strict tokens
+            // (a bare URI); they still end at whitespace.
+            if value.is_empty() || value.contains(is_lws) {
                 return Err(DigestError::Malformed);
             }
-            input[start..i].to_owned()
+            value.to_string()
         };
-        i = skip_lws(i);
-        if i < bytes.len() && bytes[i] != b',' {
-            return Err(DigestError::Malformed);
-        }
-        params.push((name, value));
+        params.push((name.to_ascii_lowercase(), value));
     }
+    Ok(params)
 }
 
 /// The `response` a client computes (RFC 2617 §3.2.2.1, qop=auth or the RFC 2069 form).

@@ -7,6 +7,7 @@
 //! unfolded values from `raw`; must not build messages.
 
 use super::raw::is_token_char;
+use super::scan::{closing_quote, find_unquoted, split_unquoted};
 use std::net::{IpAddr, Ipv6Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +37,7 @@ fn parse_params_with(s: &str, check_values: bool) -> Result<Vec<Param>, &'static
         .strip_prefix(';')
         .ok_or("parameters must start with ';'")?;
     let mut out = Vec::new();
-    for part in split_outside_quotes(s, ';') {
+    for part in split_unquoted(s, ';', false) {
         let part = part.trim();
         let (name, value) = match part.split_once('=') {
             Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
@@ -63,31 +64,6 @@ fn parse_params_with(s: &str, check_values: bool) -> Result<Vec<Param>, &'static
         });
     }
     Ok(out)
-}
-
-fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut in_quote = false;
-    let mut escaped = false;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        if in_quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quote = false;
-            }
-        } else if c == '"' {
-            in_quote = true;
-        } else if c == sep {
-            out.push(&s[start..i]);
-            start = i + 1;
-        }
-    }
-    out.push(&s[start..]);
-    out
 }
 
 /// Host as written in a URI or Via: a name, IPv4, or bracketed IPv6.
@@ -262,44 +238,6 @@ pub fn parse_name_addr(value: &str) -> Result<NameAddr, &'static str> {
         uri: uri.to_string(),
         params: parse_params(after)?,
     })
-}
-
-fn find_unquoted(s: &str, target: char) -> Result<Option<usize>, &'static str> {
-    let mut in_quote = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        if in_quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quote = false;
-            }
-        } else if c == '"' {
-            in_quote = true;
-        } else if c == target {
-            return Ok(Some(i));
-        }
-    }
-    if in_quote {
-        return Err("unterminated quoted string");
-    }
-    Ok(None)
-}
-
-fn closing_quote(s: &str) -> Option<usize> {
-    let mut escaped = false;
-    for (i, c) in s.char_indices().skip(1) {
-        if escaped {
-            escaped = false;
-        } else if c == '\\' {
-            escaped = true;
-        } else if c == '"' {
-            return Some(i);
-        }
-    }
-    None
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

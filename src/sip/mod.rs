@@ -15,6 +15,7 @@ pub mod operators;
 mod outbound;
 pub mod raw;
 pub mod registrar;
+pub mod scan;
 pub mod transaction;
 mod transactions;
 pub mod transport;

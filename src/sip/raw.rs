@@ -437,35 +437,10 @@ impl StreamFramer {
 
 /// Splits a header value at top-level commas (not inside quotes or `<>`).
 pub fn split_comma_values(value: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut depth_angle = false;
-    let mut in_quote = false;
-    let mut escaped = false;
-    let mut start = 0;
-    for (i, c) in value.char_indices() {
-        if in_quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quote = false;
-            }
-            continue;
-        }
-        match c {
-            '"' => in_quote = true,
-            '<' => depth_angle = true,
-            '>' => depth_angle = false,
-            ',' if !depth_angle => {
-                out.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(value[start..].trim());
-    out
+    super::scan::split_unquoted(value, ',', true)
+        .into_iter()
+        .map(str::trim)
+        .collect()
 }
 
 #[cfg(test)]
