@@ -1,12 +1,13 @@
 //! The one driver loop around the SIP endpoint and the media engine, for `serve` and
 //! for `hotline call`: it waits for a datagram, a framed stream message, a media event,
-//! the next timer or whatever else its user waits for, feeds the endpoint, and carries
-//! out the endpoint's outputs that need no host (sending, media commands, closing
-//! connections, SIP INFO digits). Everything else comes back to the caller.
+//! the next timer or whatever else its user waits for, feeds SIP input to the endpoint,
+//! and carries out what needs a socket or the media engine (sending, media commands,
+//! closing connections, SIP INFO digits). Everything else comes back to the caller.
 //!
 //! Owns the I/O of SIP and the wiring of media; reads the clock. Must not hold call
 //! logic.
 
+use crate::app::Effect;
 use crate::call::{EndReason, MediaEvent};
 use crate::media::engine::{EngineCommand, MediaHandle};
 use crate::sip::raw::StreamItem;
@@ -18,9 +19,8 @@ use tokio::sync::mpsc;
 
 /// What woke the loop.
 pub enum Wake<T> {
-    /// Some SIP input was handled.
+    /// Some SIP input was given to the endpoint.
     Net,
-    /// A media event for the host (allocation and RTP timeouts are handled here).
     Media(MediaEvent),
     /// The deadline passed.
     Timer,
@@ -29,7 +29,6 @@ pub enum Wake<T> {
 }
 
 pub struct Driver {
-    pub ep: Endpoint,
     pub transports: Transports,
     pub media: MediaHandle,
     net_rx: mpsc::Receiver<NetInput>,
@@ -41,14 +40,12 @@ const NET_BATCH: usize = 256;
 
 impl Driver {
     pub fn new(
-        ep: Endpoint,
         transports: Transports,
         media: MediaHandle,
         net_rx: mpsc::Receiver<NetInput>,
         media_rx: mpsc::UnboundedReceiver<MediaEvent>,
     ) -> Self {
         Driver {
-            ep,
             transports,
             media,
             net_rx,
@@ -56,105 +53,85 @@ impl Driver {
         }
     }
 
-    /// Waits until SIP input, a media event, `deadline` (or the endpoint's own next
-    /// timer) or `other`. SIP input is handled before returning; so are endpoint
-    /// timers when they are due.
+    /// Waits until SIP input (handed to `ep` before returning), a media event,
+    /// `deadline` or `other`.
     pub async fn wait<T>(
         &mut self,
+        ep: &mut Endpoint,
         deadline: Option<Instant>,
         other: impl Future<Output = T>,
     ) -> Wake<T> {
-        let far = Instant::now() + Duration::from_secs(86_400);
-        let at = self
-            .ep
-            .poll_timeout()
-            .into_iter()
-            .chain(deadline)
-            .min()
-            .unwrap_or(far);
+        let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         let at = tokio::time::Instant::from_std(at);
         tokio::select! {
             biased;
             Some(input) = self.net_rx.recv() => {
                 let now = Instant::now();
-                self.handle_net(now, input);
+                self.handle_net(ep, now, input);
                 // Drain what is already queued: cheaper per message than a wake each.
                 for _ in 1..NET_BATCH {
                     match self.net_rx.try_recv() {
-                        Ok(input) => self.handle_net(now, input),
+                        Ok(input) => self.handle_net(ep, now, input),
                         Err(_) => break,
                     }
                 }
                 Wake::Net
             }
-            Some(ev) = self.media_rx.recv() => {
-                let now = Instant::now();
-                match ev {
-                    MediaEvent::Allocated { call, port } => {
-                        self.ep.media_allocated(now, call, port);
-                        Wake::Net
-                    }
-                    MediaEvent::Failed { call } => {
-                        self.ep.media_failed(now, call);
-                        Wake::Net
-                    }
-                    MediaEvent::RtpTimeout { call } => {
-                        self.ep.hangup(now, call, EndReason::RtpTimeout);
-                        Wake::Net
-                    }
-                    other => Wake::Media(other),
-                }
-            }
+            Some(ev) = self.media_rx.recv() => Wake::Media(ev),
             t = other => Wake::Other(t),
-            _ = tokio::time::sleep_until(at) => {
-                self.ep.handle_timeout(Instant::now());
-                Wake::Timer
-            }
+            _ = tokio::time::sleep_until(at) => Wake::Timer,
         }
     }
 
-    fn handle_net(&mut self, now: Instant, input: NetInput) {
+    fn handle_net(&mut self, ep: &mut Endpoint, now: Instant, input: NetInput) {
         match input {
             NetInput::Datagram {
                 link,
                 local,
                 from,
                 data,
-            } => self.ep.handle_datagram(now, link, local, from, &data),
+            } => ep.handle_datagram(now, link, local, from, &data),
             NetInput::Stream { peer, item } => match item {
-                StreamItem::Message(m) => self.ep.handle_stream_message(now, peer, m),
-                StreamItem::Fatal(e, partial) => self.ep.handle_stream_error(peer, e, partial),
+                StreamItem::Message(m) => ep.handle_stream_message(now, peer, m),
+                StreamItem::Fatal(e, partial) => ep.handle_stream_error(peer, e, partial),
             },
             NetInput::ConnOpened { id, sender } => self.transports.conn_opened(id, sender),
             NetInput::ConnClosed { id } => self.transports.conn_closed(id),
         }
     }
 
-    /// Carries out the endpoint's outputs; what concerns calls is handed to `host`.
-    /// Returns whether there were any.
-    pub fn drain(&mut self, host: &mut dyn FnMut(&mut Driver, Output)) -> bool {
-        let mut any = false;
-        while let Some(out) = self.ep.poll_output() {
-            any = true;
+    /// Carries out what the switchboard asks; store writes go to `store`.
+    pub fn apply(&mut self, effect: Effect, store: &mut dyn FnMut(crate::store::StoreCommand)) {
+        match effect {
+            Effect::Transmit { peer, data } => self.transports.send(peer, data),
+            Effect::CloseConnection(id) => self.transports.close(id),
+            Effect::Media(cmd) => self.media.send(cmd),
+            Effect::Store(cmd) => store(cmd),
+        }
+    }
+
+    /// For a driver without hosts (`hotline call`): carries out the endpoint's outputs;
+    /// call events, registrations and feature codes go to `host`.
+    pub fn drain(&mut self, ep: &mut Endpoint, host: &mut dyn FnMut(&mut Driver, Output)) {
+        while let Some(out) = ep.poll_output() {
             match out {
                 Output::Transmit { peer, data } => self.transports.send(peer, data),
                 Output::Media(cmd) => self.media.send(EngineCommand::Sip(cmd)),
                 Output::CloseConnection(id) => self.transports.close(id),
-                Output::Info {
-                    call,
-                    content_type,
-                    body,
-                } => match crate::media::sip_info::parse_dtmf_info(&content_type, &body) {
-                    Ok((digit, duration)) => self.media.send(EngineCommand::InfoDigit {
-                        call,
-                        digit,
-                        duration_ms: duration.unwrap_or(100),
-                    }),
-                    Err(e) => tracing::debug!(call, "INFO without a digit: {e}"),
-                },
+                Output::Info { .. } => {}
                 other => host(self, other),
             }
         }
-        any
     }
+}
+
+/// Media events the endpoint itself answers (ports, RTP timeouts); the rest is returned.
+pub fn media_to_endpoint(ep: &mut Endpoint, ev: MediaEvent, now: Instant) -> Option<MediaEvent> {
+    match ev {
+        MediaEvent::Allocated { call, port } => ep.media_allocated(now, call, port),
+        MediaEvent::Failed { call } => ep.media_failed(now, call),
+        MediaEvent::RtpTimeout { call } => ep.hangup(now, call, EndReason::RtpTimeout),
+        other => return Some(other),
+    }
+    None
 }

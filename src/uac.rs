@@ -7,7 +7,7 @@
 
 use crate::call::{CallEvent, EndReason, MediaEvent, Peer, WallClock};
 use crate::config::{ListenAddr, PortRange, Protocol};
-use crate::driver::{Driver, Wake};
+use crate::driver::{media_to_endpoint, Driver, Wake};
 use crate::media::engine::{self, EngineCommand, InbandPolicy, MediaConfig};
 use crate::media::prompt::{load_prompt, Prompt};
 use crate::media::session::{DtmfMode, RecordSpec};
@@ -160,7 +160,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
         media_tx,
     );
     let started = Instant::now();
-    let ep = Endpoint::new(
+    let mut ep = Endpoint::new(
         EndpointConfig {
             max_calls: 1,
             // A caller sending in-band tones must not offer telephone-event, or the far
@@ -172,8 +172,8 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
         started,
         WallClock::anchor(started, std::time::SystemTime::now()),
     );
-    let mut driver = Driver::new(ep, transports, media, net_rx, media_rx);
-    let call = driver.ep.place_call(
+    let mut driver = Driver::new(transports, media, net_rx, media_rx);
+    let call = ep.place_call(
         started,
         Peer {
             link,
@@ -196,7 +196,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
     pending_digits.reverse();
     let mut awaiting_recording = false;
     loop {
-        driver.drain(&mut |d, out| match out {
+        driver.drain(&mut ep, &mut |d, out| match out {
             Output::Call(CallEvent::Started { sip_call_id, .. }) => {
                 summary.sip_call_id = Some(sip_call_id)
             }
@@ -243,17 +243,24 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
         if ended && !awaiting_recording {
             break;
         }
-        let mut deadline = give_up;
+        let mut deadline = give_up.min(ep.poll_timeout().unwrap_or(give_up));
         if let (Some(a), false) = (answered_at, hung_up) {
             deadline = deadline.min(a + opts.hangup_after);
             if let Some((_, at)) = pending_digits.last() {
                 deadline = deadline.min(a + *at);
             }
         }
-        match driver
-            .wait(Some(deadline), std::future::pending::<()>())
-            .await
-        {
+        let wake = driver
+            .wait(&mut ep, Some(deadline), std::future::pending::<()>())
+            .await;
+        let wake = match wake {
+            Wake::Media(ev) => match media_to_endpoint(&mut ep, ev, Instant::now()) {
+                Some(ev) => Wake::Media(ev),
+                None => Wake::Net,
+            },
+            other => other,
+        };
+        match wake {
             Wake::Net | Wake::Other(()) => {}
             Wake::Media(MediaEvent::RecordingStopped { result, .. }) => {
                 awaiting_recording = false;
@@ -270,6 +277,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
             Wake::Media(_) => {}
             Wake::Timer => {
                 let now = Instant::now();
+                ep.handle_timeout(now);
                 if now >= give_up {
                     break;
                 }
@@ -282,7 +290,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
                         summary.digits_sent.push(digit);
                         let mode = match opts.dtmf_mode {
                             DigitMode::Info => {
-                                driver.ep.send_info_digit(now, call, digit, 100);
+                                ep.send_info_digit(now, call, digit, 100);
                                 continue;
                             }
                             DigitMode::Rfc4733 => DtmfMode::Rfc4733,
@@ -297,7 +305,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
                     }
                     if now >= a + opts.hangup_after {
                         hung_up = true;
-                        driver.ep.hangup(now, call, EndReason::OurBye);
+                        ep.hangup(now, call, EndReason::OurBye);
                     }
                 }
             }

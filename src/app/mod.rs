@@ -11,9 +11,11 @@
 
 mod ivr_host;
 mod queue_host;
+mod switchboard;
 
 pub use ivr_host::{IvrHost, IvrOutput};
 pub use queue_host::{queue_core_config, state_name, QueueHost, QueueOutput};
+pub use switchboard::{Effect, Switchboard};
 
 use crate::call::{CallEvent, CallId, Direction, MediaEvent, WallClock};
 use crate::config::QueueConfig as QueueSettings;

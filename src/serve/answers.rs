@@ -2,7 +2,7 @@
 //! account changes, `status`) from the live state of the running hotline, and the
 //! loading of operator accounts into the registrar and the queue host.
 
-use crate::app::{state_name, App};
+use crate::app::{state_name, App, Switchboard};
 use crate::config::Config;
 use crate::control::ControlCommand;
 use crate::driver::Driver;
@@ -11,15 +11,13 @@ use serde_json::json;
 use std::time::Instant;
 
 /// Hands every operator account to the registrar and the pseudonyms to the host.
-pub fn load_operators(conn: &rusqlite::Connection, cfg: &Config, ep: &mut Endpoint, app: &mut App) {
+pub fn load_operators(conn: &rusqlite::Connection, cfg: &Config, sb: &mut Switchboard) {
     match crate::accounts::all_credentials(conn, &cfg.operators.realm) {
         Ok(all) => {
-            app.set_operator_names(
-                all.iter()
-                    .map(|(u, (n, _))| (u.clone(), n.clone()))
-                    .collect(),
-            );
-            ep.set_operator_credentials(all.into_iter().map(|(u, (_, h))| (u, h)).collect());
+            let names = all.iter().map(|(u, (n, _))| (u.clone(), n.clone()));
+            sb.app.set_operator_names(names.collect());
+            let credentials = all.into_iter().map(|(u, (_, h))| (u, h));
+            sb.ep.set_operator_credentials(credentials.collect());
         }
         Err(e) => tracing::error!("cannot load operator accounts: {e}"),
     }
@@ -27,15 +25,15 @@ pub fn load_operators(conn: &rusqlite::Connection, cfg: &Config, ep: &mut Endpoi
 
 /// Answers one request of the local control socket.
 pub fn control(
-    app: &mut App,
-    driver: &mut Driver,
+    sb: &mut Switchboard,
+    driver: &Driver,
     accounts: &rusqlite::Connection,
     cfg: &Config,
     command: ControlCommand,
 ) -> serde_json::Value {
     let now = Instant::now();
     match command {
-        ControlCommand::Queue => queue(app, &driver.ep, now),
+        ControlCommand::Queue => queue(&sb.app, &sb.ep, now),
         ControlCommand::OperatorState { name, state } => {
             let available = match state.as_str() {
                 "available" => true,
@@ -44,26 +42,26 @@ pub fn control(
                     return json!({"ok": false, "error": format!("unknown state \"{other}\" (available or paused)")})
                 }
             };
-            load_operators(accounts, cfg, &mut driver.ep, app);
-            let Some(user) = app.operator_user(&name) else {
+            load_operators(accounts, cfg, sb);
+            let Some(user) = sb.app.operator_user(&name) else {
                 return json!({"ok": false, "error": format!("no operator named \"{name}\"")});
             };
-            match app.set_operator_state(&user, available, "cli", now) {
+            match sb.app.set_operator_state(&user, available, "cli", now) {
                 Ok(state) => json!({"ok": true, "state": state}),
                 Err(e) => json!({"ok": false, "error": e}),
             }
         }
         ControlCommand::OperatorsChanged => {
-            load_operators(accounts, cfg, &mut driver.ep, app);
+            load_operators(accounts, cfg, sb);
             json!({"ok": true})
         }
         ControlCommand::Status => {
             let transport = driver.transports.stats.snapshot();
             json!({
                 "ok": true,
-                "calls": driver.ep.call_count(),
-                "active_calls": driver.ep.active_calls(),
-                "sip": driver.ep.stats(),
+                "calls": sb.ep.call_count(),
+                "active_calls": sb.ep.active_calls(),
+                "sip": sb.ep.stats(),
                 "transport": transport,
             })
         }

@@ -9,8 +9,8 @@
 pub mod answers;
 pub mod load;
 
-use crate::app::{App, AppOutput, AppSetup};
-use crate::call::{EndReason, WallClock};
+use crate::app::{App, AppSetup, Switchboard};
+use crate::call::WallClock;
 use crate::config::{CallerIdPolicy, Config};
 use crate::control::ControlRequest;
 use crate::driver::{Driver, Wake};
@@ -19,9 +19,9 @@ use crate::privacy::CallerIdFilter;
 use crate::sip::admission::AdmissionConfig;
 use crate::sip::digest::DigestConfig;
 use crate::sip::operators::RegistrarSetup;
-use crate::sip::registrar::{RegistrarConfig, RegistrarEvent};
+use crate::sip::registrar::RegistrarConfig;
 use crate::sip::transport::{self, TcpLimits};
-use crate::sip::{Endpoint, EndpointConfig, Output, TimerConfig};
+use crate::sip::{Endpoint, EndpointConfig, TimerConfig};
 use crate::store::{self, StoreCommand, StoreEvent};
 use rand::SeedableRng;
 use std::net::IpAddr;
@@ -121,14 +121,6 @@ enum Extra {
     Stop,
 }
 
-/// What the loop carries state in, besides the driver.
-struct Service {
-    cfg: Config,
-    app: App,
-    store: std::sync::mpsc::Sender<StoreCommand>,
-    accounts: rusqlite::Connection,
-}
-
 pub async fn run(cfg: Config) -> Result<(), StartError> {
     let (flow, prompts) = load::call_flow(&cfg).map_err(StartError::Config)?;
     use std::os::unix::fs::DirBuilderExt;
@@ -210,7 +202,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         started,
         wall,
     );
-    let mut driver = Driver::new(ep, transports, media, net_rx, media_rx);
+    let mut driver = Driver::new(transports, media, net_rx, media_rx);
     for b in &driver.transports.bound {
         println!("hotline: SIP listening on {b}");
     }
@@ -222,19 +214,14 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         prompts.len(),
         cfg.privacy.caller_id
     );
-    let mut svc = Service {
-        cfg,
-        app,
-        store: store_tx,
-        accounts,
-    };
-    answers::load_operators(&svc.accounts, &svc.cfg, &mut driver.ep, &mut svc.app);
+    let mut sb = Switchboard::new(ep, app, cfg.operators.feature_available.clone());
+    answers::load_operators(&accounts, &cfg, &mut sb);
     tracing::info!("hotline started");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stop_by: Option<Instant> = None;
     loop {
-        let deadline = svc.app.poll_timeout().into_iter().chain(stop_by).min();
+        let deadline = sb.poll_timeout().into_iter().chain(stop_by).min();
         let stopping = stop_by.is_some();
         let extra = async {
             tokio::select! {
@@ -244,129 +231,46 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 Some(ev) = store_events.recv() => Extra::Store(ev),
             }
         };
-        let wake = driver.wait(deadline, extra).await;
+        let wake = driver.wait(&mut sb.ep, deadline, extra).await;
         let now = Instant::now();
         match wake {
-            Wake::Net => {}
-            Wake::Media(ev) => svc.app.on_media_event(ev, now),
+            Wake::Net => sb.after_input(now),
+            Wake::Media(ev) => sb.on_media_event(ev, now),
             Wake::Timer => {
-                svc.app.handle_timeout(now);
+                sb.handle_timeout(now);
                 if stop_by.is_some_and(|t| t <= now) {
                     break;
                 }
             }
             Wake::Other(Extra::Stop) => {
                 tracing::info!(
-                    calls = driver.ep.call_count(),
+                    calls = sb.ep.call_count(),
                     "shutting down: hanging up every call"
                 );
-                driver.ep.hangup_all(now);
+                sb.ep.hangup_all(now);
+                sb.after_input(now);
                 // BYE transactions get a few seconds to complete.
                 stop_by = Some(now + Duration::from_secs(3));
             }
             Wake::Other(Extra::Control(req)) => {
-                let reply = answers::control(
-                    &mut svc.app,
-                    &mut driver,
-                    &svc.accounts,
-                    &svc.cfg,
-                    req.command,
-                );
+                let reply = answers::control(&mut sb, &driver, &accounts, &cfg, req.command);
+                sb.after_input(now);
                 let _ = req.reply.send(reply);
             }
-            Wake::Other(Extra::Store(StoreEvent::RecordingStored { call, ok })) => {
-                svc.app.on_stored(call, ok, now)
-            }
+            Wake::Other(Extra::Store(ev)) => sb.on_store_event(ev, now),
         }
-        pump(&mut driver, &mut svc, now);
-        if stop_by.is_some() && driver.ep.call_count() == 0 {
+        while let Some(effect) = sb.poll_effect() {
+            driver.apply(effect, &mut |cmd| {
+                let _ = store_tx.send(cmd);
+            });
+        }
+        if stop_by.is_some() && sb.ep.call_count() == 0 {
             break;
         }
     }
     let (ftx, frx) = std::sync::mpsc::channel();
-    let _ = svc.store.send(StoreCommand::Flush(ftx));
+    let _ = store_tx.send(StoreCommand::Flush(ftx));
     let _ = frx.recv_timeout(Duration::from_secs(10));
     println!("hotline: stopped");
     Ok(())
-}
-
-/// Moves outputs between the endpoint, the hosts, the media engine and the store
-/// until nothing is left to move.
-fn pump(driver: &mut Driver, svc: &mut Service, now: Instant) {
-    loop {
-        let from_sip = driver.drain(&mut |_, out| match out {
-            Output::Call(ev) => {
-                svc.app.on_call_event(&ev, now);
-                let _ = svc.store.send(StoreCommand::Event(ev));
-            }
-            Output::Registrar(RegistrarEvent::OperatorOnline { user }) => {
-                svc.app.operator_registered(&user, true, now)
-            }
-            Output::Registrar(RegistrarEvent::OperatorOffline { user }) => {
-                svc.app.operator_registered(&user, false, now)
-            }
-            Output::Registrar(other) => tracing::debug!(?other, "registration"),
-            Output::FeatureCode { user, code } => {
-                let available = code == svc.cfg.operators.feature_available;
-                match svc.app.set_operator_state(&user, available, "phone", now) {
-                    Ok(state) => tracing::info!(operator = %user, state, "set from the phone"),
-                    Err(e) => tracing::info!(operator = %user, "feature code ignored: {e}"),
-                }
-            }
-            Output::Transmit { .. }
-            | Output::Media(_)
-            | Output::CloseConnection(_)
-            | Output::Info { .. } => {}
-        });
-        let mut from_hosts = false;
-        while let Some(out) = svc.app.poll_output() {
-            from_hosts = true;
-            match out {
-                AppOutput::Media(cmd) => driver.media.send(cmd),
-                AppOutput::Store(cmd) => {
-                    let _ = svc.store.send(cmd);
-                }
-                AppOutput::Hangup(call) => driver.ep.hangup(now, call, EndReason::OurBye),
-                AppOutput::Offer {
-                    caller,
-                    operator,
-                    display,
-                    answers,
-                } => offer(
-                    driver,
-                    &mut svc.app,
-                    now,
-                    caller,
-                    &operator,
-                    &display,
-                    answers,
-                ),
-            }
-        }
-        if !from_sip && !from_hosts {
-            break;
-        }
-    }
-}
-
-/// Rings the phone the operator registered last.
-fn offer(
-    driver: &mut Driver,
-    app: &mut App,
-    now: Instant,
-    caller: crate::call::CallId,
-    operator: &str,
-    display: &str,
-    answers: String,
-) {
-    match driver.ep.operator_contacts(operator, now).pop() {
-        Some((contact, peer)) => {
-            let extra = vec![("X-Hotline-Answers".to_string(), answers)];
-            let leg = driver
-                .ep
-                .offer_call(now, operator, peer, &contact, display, "hotline", extra);
-            app.offer_placed(caller, operator, leg);
-        }
-        None => app.offer_failed(caller, operator, now),
-    }
 }

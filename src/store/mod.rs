@@ -176,6 +176,7 @@ pub fn close_interrupted(conn: &Connection, now: SystemTime) -> rusqlite::Result
     )
 }
 
+#[derive(Debug)]
 pub enum StoreCommand {
     Event(CallEvent),
     Reference {
