@@ -19,6 +19,7 @@ use crate::queue::core::{
     self as qcore, EventKind, Input as QueueInput, OperatorState, Queue, QueueSnapshot,
     VoicemailReason,
 };
+use crate::reference::ReferenceBook;
 use crate::sip::{CallEvent, CallId, Direction};
 use crate::store::StoreCommand;
 use std::cmp::Reverse;
@@ -170,12 +171,8 @@ pub struct App {
     operator_names: OperatorNames,
     /// Who caused the operator state changes being stored now.
     state_source: &'static str,
-}
-
-fn reference_code() -> String {
-    use rand::Rng;
-    let n: u32 = rand::thread_rng().gen_range(100_000..1_000_000);
-    n.to_string()
+    /// Reference codes already given out (stored ones included).
+    reference_book: ReferenceBook,
 }
 
 fn record_stop(reason: StopReason) -> RecordStop {
@@ -220,6 +217,7 @@ impl App {
             conversations: HashMap::new(),
             operator_names,
             state_source: "queue",
+            reference_book: ReferenceBook::default(),
             flow,
             prompts,
             recordings_dir,
@@ -229,6 +227,11 @@ impl App {
             stored_tx,
             out: VecDeque::new(),
         }
+    }
+
+    /// The codes already stored, so no caller is given one of them again.
+    pub fn use_reference_book(&mut self, book: ReferenceBook) {
+        self.reference_book = book;
     }
 
     pub fn poll_output(&mut self) -> Option<AppOutput> {
@@ -255,14 +258,19 @@ impl App {
                 if self.calls.contains_key(call) {
                     return;
                 }
-                let code = reference_code();
-                self.out
-                    .push_back(AppOutput::Store(StoreCommand::Reference {
-                        call: *call,
-                        code: code.clone(),
-                    }));
-                self.references.insert(*call, code.clone());
-                let engine = Engine::new(self.flow.clone()).with_reference_code(code);
+                let mut engine = Engine::new(self.flow.clone());
+                match self.reference_book.allocate(&mut rand::thread_rng()) {
+                    Some(code) => {
+                        self.out
+                            .push_back(AppOutput::Store(StoreCommand::Reference {
+                                call: *call,
+                                code: code.clone(),
+                            }));
+                        self.references.insert(*call, code.clone());
+                        engine = engine.with_reference_code(code);
+                    }
+                    None => tracing::error!(call, "every reference code is taken; call has none"),
+                }
                 self.calls.insert(
                     *call,
                     AppCall {

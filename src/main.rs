@@ -29,12 +29,16 @@ enum Command {
     Serve,
     /// Validate the configuration; exit 0 if usable, 2 if not.
     Check,
-    /// List calls, newest first.
+    /// List calls, newest first, or find the call a reference code was given to.
     Calls {
         #[arg(long)]
         json: bool,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// The reference code a caller quotes (7 digits; 6 for calls from older
+        /// versions). A code with a wrong or swapped digit is refused as invalid.
+        #[arg(long, value_name = "CODE")]
+        reference: Option<String>,
     },
     /// List voice messages, newest first.
     Voicemails {
@@ -192,7 +196,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Calls { json, limit } => calls(&cfg, json, limit),
+        Command::Calls {
+            json,
+            limit,
+            reference,
+        } => calls(&cfg, json, limit, reference.as_deref()),
         Command::Voicemails { json, limit } => voicemails(&cfg, json, limit),
         Command::Operator { command } => operator(&cfg, command),
         Command::Queue { json } => queue(&cfg, json),
@@ -251,7 +259,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn calls(cfg: &Config, json: bool, limit: usize) -> ExitCode {
+fn calls(cfg: &Config, json: bool, limit: usize, reference: Option<&str>) -> ExitCode {
+    let reference = match reference.map(hotline::reference::parse) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            eprintln!(
+                "hotline: --reference {}: not a valid reference code: {e}",
+                reference.unwrap_or_default()
+            );
+            return ExitCode::from(2);
+        }
+    };
     let path = cfg.database_path();
     let conn = match hotline::store::open_existing(&path) {
         Ok(Some(c)) => c,
@@ -268,13 +287,37 @@ fn calls(cfg: &Config, json: bool, limit: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rows = match hotline::store::list_calls(&conn, limit) {
+    let found = match &reference {
+        None => hotline::store::list_calls(&conn, limit),
+        Some(
+            hotline::reference::Reference::Valid(code)
+            | hotline::reference::Reference::Legacy(code),
+        ) => hotline::store::calls_by_reference(&conn, code),
+    };
+    let rows = match found {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hotline: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
+    if let Some(reference) = &reference {
+        let (hotline::reference::Reference::Valid(code)
+        | hotline::reference::Reference::Legacy(code)) = reference;
+        if rows.is_empty() {
+            if json {
+                println!("[]");
+            }
+            eprintln!("hotline: no call has reference {code}");
+            return ExitCode::FAILURE;
+        }
+        if rows.len() > 1 {
+            eprintln!(
+                "hotline: {} calls share the old 6-digit reference {code}",
+                rows.len()
+            );
+        }
+    }
     if json {
         println!(
             "{}",
@@ -282,13 +325,14 @@ fn calls(cfg: &Config, json: bool, limit: usize) -> ExitCode {
         );
     } else {
         println!(
-            "{:>6}  {:<32}  {:<32}  {:<16}  from",
-            "id", "started", "ended", "reason"
+            "{:>6}  {:<7}  {:<32}  {:<32}  {:<16}  from",
+            "id", "ref", "started", "ended", "reason"
         );
         for r in rows {
             println!(
-                "{:>6}  {:<32}  {:<32}  {:<16}  {}",
+                "{:>6}  {:<7}  {:<32}  {:<32}  {:<16}  {}",
                 r.id,
+                r.reference.unwrap_or_else(|| "-".into()),
                 r.started_at,
                 r.ended_at.unwrap_or_default(),
                 r.end_reason.unwrap_or_default(),

@@ -153,6 +153,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let accounts = store::open(&cfg.database_path())
         .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
     refresh_operator_names(&accounts, &names);
+    let references = store::stored_references(&accounts)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
+    let reference_book =
+        crate::reference::ReferenceBook::from_stored(references.iter().map(String::as_str));
     let accounts = Arc::new(std::sync::Mutex::new(accounts));
     let mut app = App::with_queue(
         flow,
@@ -163,6 +167,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         cfg.operators.available_on_register,
         names.clone(),
     );
+    app.use_reference_book(reference_book);
     let mut control_rx = crate::control::spawn_listener(&crate::control::socket_path(&cfg))
         .map_err(|e| anyhow::anyhow!("control socket: {e}"))?;
 
