@@ -10,7 +10,7 @@
 //! or distribution itself.
 
 use crate::config::{Config, QueueConfig as QueueSettings, QueueStrategy};
-use crate::ivr::{self, Action, Engine, Event, Flow, PlayId, QueueOutcome, RecordStop};
+use crate::ivr::{self, Action, Engine, Event, Flow, Operators, PlayId, QueueOutcome, RecordStop};
 use crate::media::engine::{EngineCommand, MediaEvent};
 use crate::media::prompt::{PromptLimits, PromptSet};
 use crate::media::recorder::{StopReason, VoicemailStopConfig};
@@ -473,7 +473,7 @@ impl App {
     }
 
     fn drain(&mut self, call: CallId, now: Instant) {
-        let follow_up: Vec<Event> = Vec::new();
+        let mut follow_up: Vec<Event> = Vec::new();
         let mut joins = Vec::new();
         loop {
             let Some(c) = self.calls.get_mut(&call) else {
@@ -567,6 +567,17 @@ impl App {
                         at: SystemTime::now(),
                     }));
                 }
+                Action::CheckOperators { .. } => {
+                    let operators = match self.queue.availability(now) {
+                        qcore::Availability::Free => Operators::Free,
+                        qcore::Availability::AllBusy => Operators::AllBusy,
+                        qcore::Availability::NobodyLoggedIn => {
+                            self.out.push_back(no_operators_event(call));
+                            Operators::NobodyLoggedIn
+                        }
+                    };
+                    follow_up.push(Event::Operators(operators));
+                }
                 Action::Enqueue { node } => {
                     tracing::info!(call, %node, "caller joins the operators' queue");
                     joins.push(call);
@@ -587,6 +598,19 @@ impl App {
             self.join_queue(call, now);
         }
     }
+}
+
+/// A caller sent to voicemail before joining the queue, because nobody was logged in.
+fn no_operators_event(call: CallId) -> AppOutput {
+    AppOutput::Store(StoreCommand::Queue {
+        call,
+        kind: "overflowed",
+        operator: None,
+        position: None,
+        reason: Some("no_operators"),
+        waited_ms: Some(0),
+        at: SystemTime::now(),
+    })
 }
 
 pub fn state_name(state: &OperatorState) -> &'static str {
@@ -1220,6 +1244,36 @@ mod tests {
             h.app.queue_snapshot(h.now).operators[0].state,
             OperatorState::WrapUp(h.now + Duration::from_secs(15))
         );
+    }
+
+    /// Nobody logged in: no "connecting", straight to the voicemail introduction,
+    /// and the call is counted as sent to voicemail for want of operators.
+    #[test]
+    fn with_nobody_logged_in_zero_leads_straight_to_the_voice_message() {
+        let mut h = Host::new(QueueSettings::default());
+        h.answered(1);
+        h.digit(1, '0');
+        let out = h.take();
+        let played: Vec<&str> = out
+            .iter()
+            .filter_map(|o| match o {
+                AppOutput::Media(EngineCommand::Play { prompts, .. }) => Some(prompts),
+                _ => None,
+            })
+            .flatten()
+            .map(|p| p.id())
+            .collect();
+        assert_eq!(played, ["greeting", "keys_hint", "voicemail_intro"]);
+        assert_eq!(queue_kinds(&out), ["overflowed"]);
+        assert!(out.iter().any(|o| matches!(
+            o,
+            AppOutput::Store(StoreCommand::Queue {
+                reason: Some("no_operators"),
+                waited_ms: Some(0),
+                ..
+            })
+        )));
+        assert!(h.app.queue_snapshot(h.now).callers.is_empty());
     }
 
     #[test]

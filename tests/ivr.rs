@@ -259,7 +259,9 @@ fn baresip_walks_the_default_flow_and_leaves_a_5_second_message() {
         c["end_reason"], "our-bye",
         "the hotline said goodbye and hung up"
     );
-    assert!(c["reference"].as_str().is_some_and(hotline::reference::is_valid));
+    assert!(c["reference"]
+        .as_str()
+        .is_some_and(hotline::reference::is_valid));
     let rec = &c["recordings"][0];
     let ms = rec["duration_ms"].as_i64().unwrap();
     assert!(
