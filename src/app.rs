@@ -231,6 +231,9 @@ impl App {
 
     /// The codes already stored, so no caller is given one of them again.
     pub fn use_reference_book(&mut self, book: ReferenceBook) {
+        if book.used() > crate::reference::CODE_SPACE / 10 * 8 {
+            tracing::warn!(used = book.used(), "over 80 % of reference codes are taken");
+        }
         self.reference_book = book;
     }
 
