@@ -991,4 +991,19 @@ next = "bye"
         assert!(e.starts_with("ivr.toml: line "), "{e}");
         assert!(e.contains("unknown field `strat`"), "{e}");
     }
+
+    #[test]
+    fn path_limits_must_be_sane() {
+        let e = errors(&BASE.replace(
+            "[flow]\n",
+            "[flow]\nmax_seconds_to_queue = 0\nmax_seconds_to_voicemail = 7200\n",
+        ));
+        assert_eq!(
+            e,
+            [
+                "ivr.toml: max_seconds_to_queue = 0 is out of range (1-3600 seconds)",
+                "ivr.toml: max_seconds_to_voicemail = 7200 is out of range (1-3600 seconds)",
+            ]
+        );
+    }
 }

@@ -21,6 +21,7 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
+use super::kind_of;
 use super::level::{self, Kind, Levels};
 use crate::ivr::PromptCatalog;
 use crate::media::prompt::{resample_to_telephone, MAX_INPUT_RATE, MIN_INPUT_RATE, SAMPLE_RATE};
@@ -135,18 +136,6 @@ pub fn import_dir(
         .cloned()
         .collect();
     Ok(report)
-}
-
-fn kind_of(catalog: &PromptCatalog, id: &str) -> Option<Kind> {
-    if catalog.prompts.contains_key(id) {
-        Some(Kind::Speech)
-    } else if catalog.tones.contains_key(id) {
-        Some(Kind::Tone)
-    } else if catalog.music.contains_key(id) {
-        Some(Kind::Music)
-    } else {
-        None
-    }
 }
 
 fn file_name(path: &Path) -> String {

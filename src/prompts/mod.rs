@@ -25,14 +25,16 @@ pub fn load_catalog(dir: &Path) -> Result<PromptCatalog, Vec<String>> {
         .map_err(|errs| errs.iter().map(ToString::to_string).collect())
 }
 
-/// Spoken prompt, tone or music.
-pub fn kind_of(catalog: &PromptCatalog, id: &str) -> Kind {
-    if catalog.tones.contains_key(id) {
-        Kind::Tone
+/// Spoken prompt, tone or music; `None` for an id the catalogue does not have.
+pub fn kind_of(catalog: &PromptCatalog, id: &str) -> Option<Kind> {
+    if catalog.prompts.contains_key(id) {
+        Some(Kind::Speech)
+    } else if catalog.tones.contains_key(id) {
+        Some(Kind::Tone)
     } else if catalog.music.contains_key(id) {
-        Kind::Music
+        Some(Kind::Music)
     } else {
-        Kind::Speech
+        None
     }
 }
 
@@ -57,7 +59,7 @@ pub fn survey(dir: &Path, catalog: &PromptCatalog) -> Vec<PromptInfo> {
         .ids()
         .into_iter()
         .map(|id| {
-            let kind = kind_of(catalog, &id);
+            let kind = kind_of(catalog, &id).unwrap_or(Kind::Speech);
             let text = match kind {
                 Kind::Speech => catalog.text(&id).unwrap_or_default().to_owned(),
                 Kind::Tone => catalog

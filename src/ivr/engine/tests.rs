@@ -1185,11 +1185,21 @@ fn random_event_storms_never_panic_or_speak_after_hang_up() {
         QueueOutcome::CallerChoseVoicemail,
         QueueOutcome::MaxWait,
     ];
-    for _ in 0..300 {
+    let operators = [
+        Operators::Free,
+        Operators::AllBusy,
+        Operators::NobodyLoggedIn,
+    ];
+    for round in 0..300 {
         let mut call = Call::default_flow();
+        // Half the calls leave the operator question to the storm.
+        if round % 2 == 0 {
+            call.operators = None;
+        }
         let mut hung_up = false;
         for _ in 0..120 {
-            let event = match rng.below(12) {
+            let event = match rng.below(13) {
+                11 => Event::Operators(operators[rng.below(3) as usize]),
                 0 => Event::Answered,
                 1..=3 => match call.last_play {
                     Some(id) => Event::PromptFinished { id },
