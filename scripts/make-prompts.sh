@@ -2,14 +2,17 @@
 # Regenerates the placeholder prompt recordings prompts/<lang>/<id>.wav from
 # prompts/<lang>/prompts.toml: speech with festival (msu_ru voice), or
 # espeak-ng when festival fails or sounds implausible, and tones with sox.
-# Output: 8 kHz mono 16-bit PCM WAV, long silences trimmed, peak -3 dBFS.
+# The clips then go through `hotline prompts import`, like studio recordings:
+# 8 kHz mono 16-bit PCM, silence at the ends trimmed, brought to the loudness
+# target of docs/prompts.md (speech -19 LUFS, the beep below it).
 #
 # A WAV that is not this script's own output (a studio recording; see
 # docs/prompts.md) is kept unless --force is given. Generated files are
 # listed with their SHA-256 in prompts/<lang>/generated.sha256.
 #
 # Usage: scripts/make-prompts.sh [--force] [lang]     (lang defaults to ru)
-# FESTIVAL_VOICE and ESPEAK_VOICE override the voices.
+# FESTIVAL_VOICE and ESPEAK_VOICE override the voices; HOTLINE names the hotline
+# binary (default: built with cargo).
 # Needs: festival festvox-ru espeak-ng sox (Debian packages of those names).
 set -euo pipefail
 
@@ -67,6 +70,13 @@ write_manifest() {
 }
 tmp=$(mktemp -d)
 trap 'write_manifest; rm -rf "$tmp"' EXIT
+mkdir "$tmp/import"
+if [[ -z ${HOTLINE:-} ]]; then
+    cargo build --quiet --manifest-path "$root/Cargo.toml" || die "cannot build hotline"
+    HOTLINE=$(cargo metadata --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" \
+        | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/hotline
+fi
+[[ -x $HOTLINE ]] || die "$HOTLINE is not an executable"
 
 seconds() { soxi -D "$1"; }
 
@@ -95,12 +105,10 @@ festival_says() {
         'BEGIN { exit !(e > 0 && f / e >= 0.5 && f / e <= 2.5) }'
 }
 
-# Telephone format; trim silence below -45 dBFS at both ends, keep a short
-# pad so clips joined in one Play do not run together.
-to_telephone() {
-    sox "$1" -e signed-integer -b 16 -c 1 "$2" \
-        silence 1 0.02 -45d reverse silence 1 0.02 -45d reverse \
-        pad 0.1 0.15 rate 8000 norm -3
+# Mono 16-bit with headroom; trimming, resampling and loudness are the import's.
+# -R (repeatable): sox dithers with a fixed seed, so two runs give the same files.
+to_mono() {
+    sox -R "$1" -e signed-integer -b 16 -c 1 "$2" norm -3
 }
 
 check_output() {
@@ -110,11 +118,9 @@ check_output() {
     awk -v d="$(seconds "$file")" 'BEGIN { exit !(d >= 0.2) }' || die "$id: output is shorter than 0.2 s"
 }
 
+# Queued for the import, which writes $dir/<id>.wav.
 put() {
-    local id=$1 file=$2
-    check_output "$file" "$id"
-    mv -f "$file" "$dir/$id.wav"
-    generated[$id.wav]=$(sha256sum "$dir/$id.wav" | awk '{print $1}')
+    mv -f "$2" "$tmp/import/$1.wav"
 }
 
 speak() {
@@ -127,7 +133,7 @@ speak() {
         [[ $use_festival == yes ]] && warn "$id: festival failed or sounds wrong, using espeak-ng"
         source=$espeak
     fi
-    to_telephone "$source" "$tmp/$id.wav" || die "$id: sox conversion failed"
+    to_mono "$source" "$tmp/$id.wav" || die "$id: sox conversion failed"
     put "$id" "$tmp/$id.wav"
 }
 
@@ -135,24 +141,24 @@ tone() {
     local id=$1 hz=$2 ms=$3
     local length
     length=$(awk -v ms="$ms" 'BEGIN { printf "%.3f", ms / 1000 }')
-    sox -n -r 8000 -c 1 -b 16 -e signed-integer "$tmp/$id.wav" \
-        synth "$length" sine "$hz" fade h 0.01 "$length" 0.01 norm -3 || die "$id: sox synth failed"
+    sox -R -n -r 8000 -c 1 -b 16 -e signed-integer "$tmp/$id.wav" \
+        synth "$length" sine "$hz" fade h 0.01 "$length" 0.01 norm -6 || die "$id: sox synth failed"
     put "$id" "$tmp/$id.wav"
 }
 
-# Soft chords (A minor, G, F, G; 6 s each, faded) at about -20 dBFS: calm, and
+# Soft chords (A minor, G, F, G; 6 s each, faded; the import sets the level): calm, and
 # loops without a click because every chord fades in and out.
 music() {
     local id=$1 i=0 parts=()
     for chord in "220 277.18 329.63" "196 246.94 293.66" "174.61 220 261.63" "196 246.94 293.66"; do
         read -r a b c <<<"$chord"
         i=$((i + 1))
-        sox -n -r 8000 -b 16 -e signed-integer "$tmp/$id.$i.wav" \
+        sox -R -n -r 8000 -b 16 -e signed-integer "$tmp/$id.$i.wav" \
             synth 6 sine "$a" sine "$b" sine "$c" channels 1 fade h 1.5 6 1.5 vol 0.3 \
             || die "$id: sox synth failed"
         parts+=("$tmp/$id.$i.wav")
     done
-    sox "${parts[@]}" "$tmp/$id.wav" || die "$id: sox concatenation failed"
+    sox -R "${parts[@]}" "$tmp/$id.wav" || die "$id: sox concatenation failed"
     put "$id" "$tmp/$id.wav"
 }
 
@@ -200,10 +206,20 @@ while IFS= read -r -u 3 line || [[ -n $line ]]; do
     else
         tone "$id" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}"
     fi
-    echo "made $id.wav"
 done 3<"$catalog"
 
 (( count > 0 )) || die "$catalog lists no prompts"
+
+if compgen -G "$tmp/import/*.wav" >/dev/null; then
+    "$HOTLINE" prompts import "$tmp/import" --set "prompts.dir=\"$dir\"" \
+        || die "hotline prompts import refused a placeholder (see above)"
+    for file in "$tmp"/import/*.wav; do
+        name=$(basename "$file")
+        check_output "$dir/$name" "${name%.wav}"
+        generated[$name]=$(sha256sum "$dir/$name" | awk '{print $1}')
+        echo "made $name"
+    done
+fi
 
 for file in "$dir"/*.wav; do
     [[ -e $file ]] || continue

@@ -27,14 +27,32 @@ struct Cli {
 enum Command {
     /// Run the hotline.
     Serve,
-    /// Validate the configuration; exit 0 if usable, 2 if not.
-    Check,
-    /// List calls, newest first.
+    /// Validate the configuration, the flow, the prompts' levels and the time callers
+    /// take through the flow; exit 0 if usable, 2 if not.
+    Check {
+        /// Print the time from the answer to the operator queue, the voicemail beep
+        /// and the hang-up for each kind of caller.
+        #[arg(long)]
+        paths: bool,
+        /// With --paths: as JSON.
+        #[arg(long, requires = "paths")]
+        json: bool,
+    },
+    /// Prompt recordings: list them, or import studio recordings.
+    Prompts {
+        #[command(subcommand)]
+        command: PromptsCommand,
+    },
+    /// List calls, newest first, or find the call a reference code was given to.
     Calls {
         #[arg(long)]
         json: bool,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// The reference code a caller quotes (7 digits; 6 for calls from older
+        /// versions). A code with a wrong or swapped digit is refused as invalid.
+        #[arg(long, value_name = "CODE")]
+        reference: Option<String>,
     },
     /// List voice messages, newest first.
     Voicemails {
@@ -80,6 +98,25 @@ enum Command {
         /// Record what the caller hears into this WAV file.
         #[arg(long)]
         record: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PromptsCommand {
+    /// Each prompt's words, duration and loudness.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// As the Markdown table of docs/prompts.md.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+    },
+    /// Convert recordings named <prompt id>.wav|.flac|.mp3|.ogg in DIR to the
+    /// prompts directory: 8 kHz mono, trimmed, brought to the loudness target.
+    Import {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -153,24 +190,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check => match hotline::serve::load::call_flow(&cfg) {
-            Ok((flow, prompts)) => {
-                println!(
-                    "{file}: ok; {}: {} nodes; {}: {} prompts",
-                    cfg.ivr.flow.display(),
-                    flow.nodes.len(),
-                    cfg.prompts.dir.display(),
-                    prompts.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                for e in errors {
-                    eprintln!("hotline: {e}");
-                }
-                ExitCode::from(2)
-            }
-        },
+        Command::Check { paths, json } => check(&cfg, &file, paths, json),
+        Command::Prompts { command } => prompts(&cfg, command),
         Command::Serve => {
             init_logs(&cfg, cli.log_json);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -197,7 +218,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Calls { json, limit } => calls(&cfg, json, limit),
+        Command::Calls {
+            json,
+            limit,
+            reference,
+        } => calls(&cfg, json, limit, reference.as_deref()),
         Command::Voicemails { json, limit } => voicemails(&cfg, json, limit),
         Command::Operator { command } => operator(&cfg, command),
         Command::Queue { json } => queue(&cfg, json),
@@ -257,7 +282,170 @@ fn main() -> ExitCode {
     }
 }
 
-fn calls(cfg: &Config, json: bool, limit: usize) -> ExitCode {
+/// `hotline check`: the flow and prompts load, their levels are right, and callers
+/// reach a person and the voice message within the flow's limits.
+fn check(cfg: &Config, file: &str, paths: bool, json: bool) -> ExitCode {
+    use hotline::ivr::paths::{check_limits, timed_paths, Caller, Exit, PathInputs};
+    let (flow, prompts) = match hotline::serve::load::call_flow(cfg) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("hotline: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let mut problems = match hotline::prompts::load_catalog(&cfg.prompts.dir) {
+        Ok(catalog) => hotline::prompts::level_problems(&cfg.prompts.dir, &catalog),
+        Err(errors) => errors,
+    };
+    let inputs = PathInputs {
+        prompt_lengths: hotline::prompts::played_lengths(&prompts),
+        no_speech: Duration::from_millis(u64::from(
+            hotline::media::voicemail::VoicemailStopConfig::default().no_speech_timeout_ms,
+        )),
+        reference_digits: hotline::reference::CODE_DIGITS,
+    };
+    let report = timed_paths(&flow, &inputs, std::time::Instant::now());
+    problems.extend(check_limits(&flow, &report).iter().map(ToString::to_string));
+    if paths && json {
+        let out = serde_json::json!({
+            "timings": report.timings,
+            "worst": report.worst,
+            "notes": report.notes,
+            "limits": {
+                "max_seconds_to_queue": flow.settings.max_seconds_to_queue.0,
+                "max_seconds_to_voicemail": flow.settings.max_seconds_to_voicemail.0,
+            },
+            "problems": problems,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else if paths {
+        println!(
+            "seconds from the answer (queue: an operator is free; voicemail beep and hang-up: nobody is logged in)"
+        );
+        let mut table =
+            vec![["caller", "operator queue", "voicemail beep", "hang-up"].map(String::from)];
+        for caller in Caller::ALL {
+            let cell = |exit| {
+                report
+                    .get(caller, exit)
+                    .map_or("-".to_string(), |t| format!("{:.1}", t.seconds))
+            };
+            table.push([
+                caller
+                    .describe()
+                    .trim_start_matches("a caller who ")
+                    .to_string(),
+                cell(Exit::Queue),
+                cell(Exit::Voicemail),
+                cell(Exit::Hangup),
+            ]);
+        }
+        print!("{}", hotline::prompts::format_table(&table));
+        for worst in &report.worst {
+            let limit = match worst.exit {
+                Exit::Queue => format!(" (limit {})", flow.settings.max_seconds_to_queue.0),
+                Exit::Voicemail => format!(" (limit {})", flow.settings.max_seconds_to_voicemail.0),
+                Exit::Hangup => String::new(),
+            };
+            println!(
+                "slowest to the {}: {:.1} s{limit}, {}; most of it in node \"{}\" ({:.1} s); path: {}",
+                worst.exit.describe(),
+                worst.seconds,
+                worst.caller.describe(),
+                worst.costly_node,
+                worst.costly_seconds,
+                worst.path.join(" > ")
+            );
+        }
+        for note in &report.notes {
+            println!("note: {note}");
+        }
+    }
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("hotline: {p}");
+        }
+        return ExitCode::from(2);
+    }
+    if !(paths && json) {
+        println!(
+            "{file}: ok; {}: {} nodes; {}: {} prompts",
+            cfg.ivr.flow.display(),
+            flow.nodes.len(),
+            cfg.prompts.dir.display(),
+            prompts.len()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn prompts(cfg: &Config, command: PromptsCommand) -> ExitCode {
+    let dir = &cfg.prompts.dir;
+    let catalog = match hotline::prompts::load_catalog(dir) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("hotline: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        PromptsCommand::List { json, markdown } => {
+            let list = hotline::prompts::survey(dir, &catalog);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if markdown {
+                print!("{}", hotline::prompts::list_markdown(&list));
+            } else {
+                print!("{}", hotline::prompts::list_text(&list));
+            }
+            ExitCode::SUCCESS
+        }
+        PromptsCommand::Import { dir: source, json } => {
+            let placeholders = hotline::prompts::placeholders(dir);
+            match hotline::prompts::import::import_dir(&source, dir, &catalog, &placeholders) {
+                Ok(report) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", hotline::prompts::import::report_text(&report));
+                    }
+                    if report.failed() {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("hotline: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn calls(cfg: &Config, json: bool, limit: usize, reference: Option<&str>) -> ExitCode {
+    let reference = match reference.map(hotline::reference::parse) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            eprintln!(
+                "hotline: --reference {}: not a valid reference code: {e}",
+                reference.unwrap_or_default()
+            );
+            return ExitCode::from(2);
+        }
+    };
     let path = cfg.database_path();
     let conn = match hotline::store::open_existing(&path) {
         Ok(Some(c)) => c,
@@ -274,13 +462,37 @@ fn calls(cfg: &Config, json: bool, limit: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rows = match hotline::store::list_calls(&conn, limit) {
+    let found = match &reference {
+        None => hotline::store::list_calls(&conn, limit),
+        Some(
+            hotline::reference::Reference::Valid(code)
+            | hotline::reference::Reference::Legacy(code),
+        ) => hotline::store::calls_by_reference(&conn, code),
+    };
+    let rows = match found {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hotline: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
+    if let Some(reference) = &reference {
+        let (hotline::reference::Reference::Valid(code)
+        | hotline::reference::Reference::Legacy(code)) = reference;
+        if rows.is_empty() {
+            if json {
+                println!("[]");
+            }
+            eprintln!("hotline: no call has reference {code}");
+            return ExitCode::FAILURE;
+        }
+        if rows.len() > 1 {
+            eprintln!(
+                "hotline: {} calls share the old 6-digit reference {code}",
+                rows.len()
+            );
+        }
+    }
     if json {
         println!(
             "{}",
@@ -288,13 +500,14 @@ fn calls(cfg: &Config, json: bool, limit: usize) -> ExitCode {
         );
     } else {
         println!(
-            "{:>6}  {:<32}  {:<32}  {:<16}  from",
-            "id", "started", "ended", "reason"
+            "{:>6}  {:<7}  {:<32}  {:<32}  {:<16}  from",
+            "id", "ref", "started", "ended", "reason"
         );
         for r in rows {
             println!(
-                "{:>6}  {:<32}  {:<32}  {:<16}  {}",
+                "{:>6}  {:<7}  {:<32}  {:<32}  {:<16}  {}",
                 r.id,
+                r.reference.unwrap_or_else(|| "-".into()),
                 r.started_at,
                 r.ended_at.unwrap_or_default(),
                 r.end_reason.unwrap_or_default(),
@@ -575,7 +788,7 @@ fn queue_text(reply: &serde_json::Value) -> String {
                 cell(&c["offered_to"]),
             ]);
         }
-        out.push_str(&format_table(&table));
+        out.push_str(&hotline::prompts::format_table(&table));
     }
     out.push('\n');
     let operators = reply["operators"].as_array().unwrap_or(&empty);
@@ -601,38 +814,13 @@ fn queue_text(reply: &serde_json::Value) -> String {
                 cell(&o["contacts"]),
             ]);
         }
-        out.push_str(&format_table(&table));
-    }
-    out
-}
-
-/// Left-aligned columns separated by two spaces; widths in characters, so Cyrillic
-/// pseudonyms line up.
-fn format_table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(c);
-            line.extend(std::iter::repeat_n(' ', w - c.chars().count()));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
+        out.push_str(&hotline::prompts::format_table(&table));
     }
     out
 }
 
 fn print_table<const N: usize>(rows: &[[String; N]]) {
-    print!("{}", format_table(rows));
+    print!("{}", hotline::prompts::format_table(rows));
 }
 
 fn status(cfg: &Config, json: bool) -> ExitCode {

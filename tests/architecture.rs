@@ -12,11 +12,11 @@ const LAYERS: &[&[&str]] = &[
     // Shared data: types every layer uses, and the configuration.
     &["call", "config"],
     // Small protocol helpers used by the cores.
-    &["sdp", "privacy"],
+    &["sdp", "privacy", "reference"],
     // Protocol cores (sans-IO) with their thin tokio sides, and storage.
     &["sip", "media", "ivr", "queue", "store"],
-    // Hosts: call logic that joins the cores.
-    &["accounts", "app"],
+    // Hosts: call logic that joins the cores; tools on the cores' data.
+    &["accounts", "app", "prompts"],
     // The shell: drivers, sockets, the control socket, start-up.
     &["control", "driver", "uac", "serve"],
 ];

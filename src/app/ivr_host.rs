@@ -9,14 +9,15 @@
 
 use super::{millis, recording_path, AppOutput, Tokens};
 use crate::call::{CallId, DigitEvent, RecordingInfo, StopReason, WallClock};
-use crate::ivr::{Action, Engine, Event, Flow, PlayId, QueueOutcome, RecordStop};
+use crate::ivr::{Action, Engine, Event, Flow, Operators, PlayId, QueueOutcome, RecordStop};
 use crate::media::core::EngineCommand;
 use crate::media::prompt::PromptSet;
 use crate::media::session::RecordSpec;
 use crate::media::voicemail::VoicemailStopConfig;
+use crate::queue::core::Availability;
+use crate::reference::ReferenceBook;
 use crate::store::StoreCommand;
 use rand::rngs::StdRng;
-use rand::Rng;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ use std::time::Instant;
 /// What the IVR host asks of the rest.
 pub enum IvrOutput {
     App(AppOutput),
+    /// The flow asks whether an operator can be offered now (answer: `operators`).
+    CheckOperators {
+        call: CallId,
+    },
     /// The caller reached the queue node: join the operators' queue.
     Enqueue {
         call: CallId,
@@ -54,6 +59,8 @@ pub struct IvrHost {
     tokens: Tokens,
     rng: StdRng,
     wall: WallClock,
+    /// Reference codes already given out (stored ones included).
+    references: ReferenceBook,
     out: VecDeque<IvrOutput>,
 }
 
@@ -85,8 +92,17 @@ impl IvrHost {
             tokens,
             rng,
             wall,
+            references: ReferenceBook::default(),
             out: VecDeque::new(),
         }
+    }
+
+    /// The codes already stored, so no caller is given one of them again.
+    pub fn use_reference_book(&mut self, book: ReferenceBook) {
+        if book.used() > crate::reference::CODE_SPACE / 10 * 8 {
+            tracing::warn!(used = book.used(), "over 80 % of reference codes are taken");
+        }
+        self.references = book;
     }
 
     /// New calls get this flow and these prompts; calls in progress keep theirs.
@@ -115,22 +131,23 @@ impl IvrHost {
         self.out.push_back(IvrOutput::App(o));
     }
 
-    /// Six random digits: what the caller quotes on a later call.
-    fn reference_code(&mut self) -> String {
-        self.rng.gen_range(100_000..1_000_000u32).to_string()
-    }
-
     /// An inbound call was answered: its flow starts.
     pub fn answered(&mut self, call: CallId, now: Instant) {
         if self.calls.contains_key(&call) {
             return;
         }
-        let code = self.reference_code();
-        self.emit(AppOutput::Store(StoreCommand::Reference {
-            call,
-            code: code.clone(),
-        }));
-        let engine = Engine::new(self.flow.clone()).with_reference_code(code.clone());
+        let mut engine = Engine::new(self.flow.clone());
+        let code = self.references.allocate(&mut self.rng);
+        match &code {
+            Some(code) => {
+                self.emit(AppOutput::Store(StoreCommand::Reference {
+                    call,
+                    code: code.clone(),
+                }));
+                engine = engine.with_reference_code(code.clone());
+            }
+            None => tracing::error!(call, "every reference code is taken; call has none"),
+        }
         self.calls.insert(
             call,
             IvrCall {
@@ -139,7 +156,7 @@ impl IvrHost {
                 ended: false,
                 recording: false,
                 partial: false,
-                reference: Some(code),
+                reference: code,
                 answers: Vec::new(),
             },
         );
@@ -255,6 +272,29 @@ impl IvrHost {
         if self.calls.get(&call).is_some_and(|c| !c.ended) {
             self.feed(call, Event::RecordingStored { ok }, now);
         }
+    }
+
+    /// Whether an operator can be offered now, as the queue sees it.
+    pub fn operators(&mut self, call: CallId, availability: Availability, now: Instant) {
+        let operators = match availability {
+            Availability::Free => Operators::Free,
+            Availability::AllBusy => Operators::AllBusy,
+            Availability::NobodyLoggedIn => {
+                // Counted as sent to voicemail for want of operators, without a wait.
+                let at = self.wall.at(now);
+                self.emit(AppOutput::Store(StoreCommand::Queue {
+                    call,
+                    kind: "overflowed",
+                    operator: None,
+                    position: None,
+                    reason: Some("no_operators"),
+                    waited_ms: Some(0),
+                    at,
+                }));
+                Operators::NobodyLoggedIn
+            }
+        };
+        self.feed(call, Event::Operators(operators), now);
     }
 
     /// The queue's verdict on a caller this host enqueued.
@@ -373,6 +413,9 @@ impl IvrHost {
                         digits,
                         at,
                     }));
+                }
+                Action::CheckOperators { .. } => {
+                    self.out.push_back(IvrOutput::CheckOperators { call });
                 }
                 Action::Enqueue { node } => {
                     tracing::info!(call, %node, "caller joins the operators' queue");

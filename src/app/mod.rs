@@ -129,6 +129,11 @@ impl App {
         self.queue.set_wall_clock(wall);
     }
 
+    /// The reference codes already stored, so none is given out twice.
+    pub fn use_reference_book(&mut self, book: crate::reference::ReferenceBook) {
+        self.ivr.use_reference_book(book);
+    }
+
     /// Operators' pseudonyms by SIP username.
     pub fn set_operator_names(&mut self, names: HashMap<String, String>) {
         self.queue.set_operator_names(names);
@@ -264,6 +269,10 @@ impl App {
                 moved = true;
                 match o {
                     IvrOutput::App(a) => self.out.push_back(a),
+                    IvrOutput::CheckOperators { call } => {
+                        let availability = self.queue.availability(now);
+                        self.ivr.operators(call, availability, now)
+                    }
                     IvrOutput::Enqueue {
                         call,
                         answers,

@@ -195,6 +195,11 @@ impl QueueHost {
             .map(|(u, _)| u.clone())
     }
 
+    /// What a caller joining now would meet.
+    pub fn availability(&self, now: Instant) -> qcore::Availability {
+        self.queue.availability(now)
+    }
+
     pub fn is_leg(&self, call: CallId) -> bool {
         self.legs.contains_key(&call)
     }

@@ -234,3 +234,33 @@ fn voicemail_key_and_a_declining_operator() {
     );
     assert!(h.app.queue_snapshot(h.now).callers.is_empty());
 }
+
+/// Nobody logged in: no "connecting", straight to the voicemail introduction,
+/// and the call is counted as sent to voicemail for want of operators.
+#[test]
+fn with_nobody_logged_in_zero_leads_straight_to_the_voice_message() {
+    let mut h = Host::new(QueueSettings::default());
+    h.answered(1);
+    h.digit(1, '0');
+    let out = h.take();
+    let played: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            AppOutput::Media(EngineCommand::Play { prompts, .. }) => Some(prompts),
+            _ => None,
+        })
+        .flatten()
+        .map(|p| p.id())
+        .collect();
+    assert_eq!(played, ["greeting", "keys_hint", "voicemail_intro"]);
+    assert_eq!(queue_kinds(&out), ["overflowed"]);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        AppOutput::Store(StoreCommand::Queue {
+            reason: Some("no_operators"),
+            waited_ms: Some(0),
+            ..
+        })
+    )));
+    assert!(h.app.queue_snapshot(h.now).callers.is_empty());
+}

@@ -21,6 +21,9 @@ const MAX_REFERENCE_DIGITS: usize = 32;
 /// Extra time the host's recorder gets beyond `max_seconds` before the
 /// engine stops it itself, so a lost `RecordingFinished` cannot strand a caller.
 const RECORDER_GRACE: Duration = Duration::from_secs(5);
+/// How long the host has to say whether an operator is free before the caller
+/// joins the queue without being told anything.
+pub const OPERATOR_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Identifies one `Play` action so a late `PromptFinished` for audio that
 /// was already stopped or replaced is not mistaken for the current one.
@@ -46,6 +49,8 @@ pub enum Event {
     RecordingStored {
         ok: bool,
     },
+    /// The host's answer to `CheckOperators`.
+    Operators(Operators),
     QueueResult(QueueOutcome),
     /// The code the caller can quote later; only digits are read out.
     ReferenceCode(String),
@@ -60,6 +65,17 @@ pub enum RecordStop {
     MaxLength,
     HangUp,
     NoSpeech,
+}
+
+/// Whether an operator could take a caller who joined the queue now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operators {
+    /// One is free: the caller hears the queue node's `prompts` ("connecting").
+    Free,
+    /// Logged in but busy: the caller hears `busy_prompts` and waits.
+    AllBusy,
+    /// Nobody is logged in: straight to the queue node's fallback.
+    NobodyLoggedIn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +125,11 @@ pub enum Action {
         key: String,
         digits: String,
     },
+    /// Ask whether an operator could take the caller now; answer with
+    /// `Event::Operators` (within `OPERATOR_CHECK_TIMEOUT`).
+    CheckOperators {
+        node: String,
+    },
     Enqueue {
         node: String,
     },
@@ -143,6 +164,8 @@ pub enum HangupReason {
     BrokenFlow,
 }
 
+/// Cloneable so the path check can follow every answer from one point of a call.
+#[derive(Clone)]
 pub struct Engine {
     flow: Arc<Flow>,
     state: State,
@@ -157,6 +180,7 @@ pub struct Engine {
     hops: u32,
 }
 
+#[derive(Clone)]
 enum State {
     NotAnswered,
     /// Prompts of a node that asks nothing; keys go to type-ahead.
@@ -176,6 +200,11 @@ enum State {
         node: String,
         deadline: Instant,
     },
+    /// Waiting for the host to say whether an operator is free.
+    CheckingOperators {
+        node: String,
+        deadline: Instant,
+    },
     Queued {
         node: String,
     },
@@ -184,6 +213,7 @@ enum State {
 }
 
 /// What a `Playing` state does once its prompts end.
+#[derive(Clone)]
 enum Then {
     Goto(String),
     Record { attempt: u32 },
@@ -192,6 +222,7 @@ enum Then {
 }
 
 /// A menu or collect in progress.
+#[derive(Clone)]
 struct Question {
     node: String,
     entry: u64,
@@ -249,7 +280,20 @@ impl Engine {
                 phase: Phase::Listening { next, total },
                 ..
             }) => Some(total.map_or(*next, |t| t.min(*next))),
-            State::Recording { deadline, .. } | State::Storing { deadline, .. } => Some(*deadline),
+            State::Recording { deadline, .. }
+            | State::Storing { deadline, .. }
+            | State::CheckingOperators { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// The question listening for keys now: its node, and a number that changes
+    /// each time it is asked again. For the path check.
+    pub(super) fn listening(&self) -> Option<(&str, (u64, u32))> {
+        match &self.state {
+            State::Question(q) if matches!(q.phase, Phase::Listening { .. }) => {
+                Some((q.node.as_str(), (q.entry, q.attempt)))
+            }
             _ => None,
         }
     }
@@ -280,6 +324,7 @@ impl Engine {
                     self.stored(&node, ok, now);
                 }
             }
+            Event::Operators(operators) => self.operators(operators, now),
             Event::QueueResult(outcome) => self.queue_result(outcome, now),
             Event::ReferenceCode(code) => self.reference = Some(code),
             Event::HangUp => self.caller_hung_up(),
@@ -304,6 +349,10 @@ impl Engine {
             State::Storing { node, .. } => {
                 self.log(&node, "storage did not confirm the message in time");
                 self.stored(&node, false, now);
+            }
+            State::CheckingOperators { node, .. } => {
+                self.log(&node, "no word on free operators; joining the queue");
+                self.then(&node, Then::Enqueue, now);
             }
             other => self.state = other,
         }
@@ -348,7 +397,15 @@ impl Engine {
             ),
             Node::Goto(g) => self.enter(&g.next, now),
             Node::Hangup(h) => self.play(name, h.prompts.clone(), false, Then::Hangup, now),
-            Node::Queue(q) => self.play(name, q.prompts.clone(), false, Then::Enqueue, now),
+            Node::Queue(_) => {
+                self.push(Action::CheckOperators {
+                    node: name.to_owned(),
+                });
+                self.state = State::CheckingOperators {
+                    node: name.to_owned(),
+                    deadline: later(now, OPERATOR_CHECK_TIMEOUT),
+                };
+            }
             Node::Record(r) => self.play(
                 name,
                 r.prompts.clone(),
@@ -828,6 +885,34 @@ impl Engine {
                 Then::Goto(fallback),
                 now,
             );
+        }
+    }
+
+    /// "Connecting" is said only when an operator is free; with nobody logged in
+    /// the caller goes straight to the fallback instead of waiting for the queue
+    /// to give up.
+    fn operators(&mut self, operators: Operators, now: Instant) {
+        let State::CheckingOperators { node, .. } = &self.state else {
+            return;
+        };
+        let node = node.clone();
+        let flow = Arc::clone(&self.flow);
+        let Some(queue_node @ Node::Queue(q)) = flow.node(&node) else {
+            return self.broken(&node, "not a queue node");
+        };
+        match operators {
+            Operators::Free => self.play(&node, q.prompts.clone(), false, Then::Enqueue, now),
+            Operators::AllBusy => {
+                self.log(&node, "every operator is busy");
+                self.play(&node, q.busy_prompts.clone(), false, Then::Enqueue, now)
+            }
+            Operators::NobodyLoggedIn => {
+                self.log(&node, "no operator is logged in");
+                match flow.fallback_of(queue_node) {
+                    Some(fallback) => self.enter(fallback, now),
+                    None => self.broken(&node, "queue has no fallback"),
+                }
+            }
         }
     }
 

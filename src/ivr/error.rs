@@ -43,6 +43,8 @@ impl std::error::Error for FlowError {}
 pub enum Problem {
     #[error("line {line}: {message}")]
     Syntax { line: usize, message: String },
+    #[error("{0}")]
+    TooSlow(Box<SlowPath>),
     #[error("start node \"{0}\" does not exist")]
     MissingStart(String),
     #[error("{field} goes to unknown node \"{target}\"")]
@@ -79,4 +81,33 @@ pub enum Problem {
     },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A caller who takes longer than a `[flow]` limit to reach an exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlowPath {
+    /// The `[flow]` key, e.g. `max_seconds_to_queue`.
+    pub field: &'static str,
+    pub limit_ms: u64,
+    pub caller: &'static str,
+    pub exit: &'static str,
+    pub ms: u64,
+    /// Time spent in the node the error names.
+    pub node_ms: u64,
+}
+
+impl fmt::Display for SlowPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = |ms: u64| ms as f64 / 1000.0;
+        write!(
+            f,
+            "{} reaches the {} after {:.1} s, over [flow] {} = {}; this node takes {:.1} s of it",
+            self.caller,
+            self.exit,
+            s(self.ms),
+            self.field,
+            s(self.limit_ms),
+            s(self.node_ms)
+        )
+    }
 }

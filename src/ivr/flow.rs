@@ -57,6 +57,14 @@ pub struct Settings {
     /// Where menus and collects go when retries run out, unless they say.
     #[serde(default)]
     pub fallback: Option<String>,
+    /// Longest time from the answer to joining the operator queue, for the slowest
+    /// caller `hotline check --paths` models (usually one who presses nothing).
+    #[serde(default = "default_max_to_queue")]
+    pub max_seconds_to_queue: Seconds,
+    /// Longest time from the answer to the voice message's beep, when no operator
+    /// is logged in.
+    #[serde(default = "default_max_to_voicemail")]
+    pub max_seconds_to_voicemail: Seconds,
 }
 
 fn default_first_digit() -> Seconds {
@@ -67,6 +75,12 @@ fn default_inter_digit() -> Seconds {
 }
 fn default_total() -> Seconds {
     Seconds(45.0)
+}
+fn default_max_to_queue() -> Seconds {
+    Seconds(60.0)
+}
+fn default_max_to_voicemail() -> Seconds {
+    Seconds(90.0)
 }
 fn default_retries() -> u32 {
     2
@@ -262,9 +276,12 @@ pub struct RecordNode {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueNode {
-    /// Played before joining the queue.
+    /// Played before joining the queue when an operator is free ("connecting").
     #[serde(default)]
     pub prompts: Vec<String>,
+    /// Played before joining the queue when every operator is busy.
+    #[serde(default)]
+    pub busy_prompts: Vec<String>,
     /// Used when the queue is unavailable, empty of operators, timed out or
     /// the caller chose to leave a message.
     #[serde(default)]

@@ -8,11 +8,15 @@
 mod engine;
 mod error;
 mod flow;
+pub mod paths;
 mod prompts;
 mod validate;
 
-pub use engine::{Action, Engine, Event, HangupReason, PlayId, QueueOutcome, RecordStop};
-pub use error::{FlowError, Problem};
+pub use engine::{
+    Action, Engine, Event, HangupReason, Operators, PlayId, QueueOutcome, RecordStop,
+    OPERATOR_CHECK_TIMEOUT,
+};
+pub use error::{FlowError, Problem, SlowPath};
 pub use flow::{
     CollectNode, Flow, GotoNode, HangupNode, MenuNode, Node, Pattern, PlayNode, QueueNode,
     RecordNode, SayReferenceNode, Seconds, Settings,

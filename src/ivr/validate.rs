@@ -16,6 +16,7 @@ const TOTAL: (f64, f64) = (2.0, 600.0);
 const RECORD_MAX: (f64, f64) = (5.0, 600.0);
 const RECORD_SILENCE: (f64, f64) = (1.0, 60.0);
 const STORE_TIMEOUT: (f64, f64) = (1.0, 30.0);
+const PATH_LIMIT: (f64, f64) = (1.0, 3600.0);
 const MAX_RETRIES: u32 = 9;
 const MAX_DIGITS: u32 = 32;
 
@@ -182,6 +183,12 @@ impl Validator<'_> {
             INTER_DIGIT,
         );
         self.seconds(None, "total_timeout", s.total_timeout, TOTAL);
+        for (field, value) in [
+            ("max_seconds_to_queue", s.max_seconds_to_queue),
+            ("max_seconds_to_voicemail", s.max_seconds_to_voicemail),
+        ] {
+            self.seconds(None, field, value, PATH_LIMIT);
+        }
         self.count(None, "retries", s.retries, 0, MAX_RETRIES);
         self.optional_prompt(None, "invalid_prompt", s.invalid_prompt.as_ref());
         self.optional_prompt(None, "timeout_prompt", s.timeout_prompt.as_ref());
@@ -202,6 +209,7 @@ impl Validator<'_> {
             Node::Record(r) => self.record(name, r),
             Node::Queue(q) => {
                 self.prompt_list(at, "prompts", &q.prompts, false);
+                self.prompt_list(at, "busy_prompts", &q.busy_prompts, false);
                 match &q.fallback {
                     Some(f) => self.target(at, "fallback", f),
                     None => self.error(at, Problem::QueueWithoutFallback),
@@ -982,5 +990,20 @@ next = "bye"
             .to_string();
         assert!(e.starts_with("ivr.toml: line "), "{e}");
         assert!(e.contains("unknown field `strat`"), "{e}");
+    }
+
+    #[test]
+    fn path_limits_must_be_sane() {
+        let e = errors(&BASE.replace(
+            "[flow]\n",
+            "[flow]\nmax_seconds_to_queue = 0\nmax_seconds_to_voicemail = 7200\n",
+        ));
+        assert_eq!(
+            e,
+            [
+                "ivr.toml: max_seconds_to_queue = 0 is out of range (1-3600 seconds)",
+                "ivr.toml: max_seconds_to_voicemail = 7200 is out of range (1-3600 seconds)",
+            ]
+        );
     }
 }

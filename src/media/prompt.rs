@@ -268,7 +268,7 @@ fn decode_wav<R: Read>(
     let mono = if spec.sample_rate == SAMPLE_RATE {
         mono
     } else {
-        resample(&mono, spec.sample_rate).map_err(|reason| PromptError::Resample {
+        resample_to_telephone(&mono, spec.sample_rate).map_err(|reason| PromptError::Resample {
             path: path.to_path_buf(),
             rate: spec.sample_rate,
             reason,
@@ -304,7 +304,7 @@ fn downmix<S>(
 
 /// Band-limited conversion to 8 kHz (FFT-based, with an anti-aliasing filter), with the
 /// resampler's delay removed so the output lines up with the input.
-fn resample(input: &[f32], rate: u32) -> Result<Vec<f32>, String> {
+pub fn resample_to_telephone(input: &[f32], rate: u32) -> Result<Vec<f32>, String> {
     // One large FFT block per chunk: startup cost is irrelevant here, and a longer block
     // puts the anti-aliasing cutoff closer to 4 kHz (about 3.9 kHz from 48 kHz input).
     let mut resampler = Fft::<f32>::new_custom(

@@ -119,6 +119,14 @@ pub enum OperatorState {
     Paused,
 }
 
+/// See [`Queue::availability`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Free,
+    AllBusy,
+    NobodyLoggedIn,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VoicemailReason {
     CallerChoice,
@@ -397,6 +405,24 @@ impl Queue {
             })
             .collect();
         QueueSnapshot { callers, operators }
+    }
+
+    /// What a caller joining now would meet: an operator offered at once, a wait, or
+    /// (when the queue sends callers to voicemail with nobody logged in) no operator.
+    pub fn availability(&self, now: Instant) -> Availability {
+        if self.config.voicemail_when_nobody_logged_in && !self.anyone_logged_in() {
+            return Availability::NobodyLoggedIn;
+        }
+        let free = self.operators.values().any(|op| {
+            op.state == OperatorState::Available && op.cooldown_until.is_none_or(|t| t <= now)
+        });
+        // Callers already waiting are served first, and only the first of them can be
+        // waiting for a free operator (a miss cooldown).
+        if free && self.callers.iter().all(|c| c.offer.is_some()) {
+            Availability::Free
+        } else {
+            Availability::AllBusy
+        }
     }
 
     pub fn operator_state(&self, id: &str) -> Option<&OperatorState> {
@@ -1414,6 +1440,35 @@ mod tests {
         sim.send(4, Input::OperatorPaused(A.into()));
         assert_eq!(sim.send(5, join(3)), []);
         assert_eq!(sim.waiting(5), [CallId(3)]);
+    }
+
+    /// What the IVR is told before it says "connecting": only a caller who would be
+    /// offered at once hears it.
+    #[test]
+    fn availability_says_whether_a_caller_would_be_offered_at_once() {
+        let mut sim = Sim::new(quiet());
+        let at = |sim: &Sim, t: u64| sim.q.availability(sim.at(t));
+        assert_eq!(at(&sim, 0), Availability::NobodyLoggedIn);
+        sim.send(1, reg(A));
+        assert_eq!(at(&sim, 1), Availability::Free);
+        sim.send(2, join(1));
+        assert_eq!(sim.state(A), OperatorState::Ringing(CallId(1)));
+        assert_eq!(at(&sim, 2), Availability::AllBusy, "A rings for caller 1");
+        sim.send(3, reg(B));
+        // Caller 1 is being offered; a newcomer would be offered to B at once.
+        assert_eq!(at(&sim, 3), Availability::Free);
+        sim.send(4, Input::OperatorPaused(B.into()));
+        assert_eq!(at(&sim, 4), Availability::AllBusy, "paused is logged in");
+        sim.send(5, unreg(B));
+        sim.send(5, left(1));
+        assert_eq!(at(&sim, 5), Availability::Free, "A is free again");
+        let mut waits = Sim::new(QueueConfig {
+            voicemail_when_nobody_logged_in: false,
+            ..quiet()
+        });
+        assert_eq!(at(&waits, 0), Availability::AllBusy);
+        waits.send(1, join(1));
+        assert_eq!(waits.waiting(1), [CallId(1)]);
     }
 
     #[test]

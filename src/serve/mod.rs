@@ -170,6 +170,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     }
     let accounts = store::open(&cfg.database_path())
         .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
+    let references = store::stored_references(&accounts)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
+    let reference_book =
+        crate::reference::ReferenceBook::from_stored(references.iter().map(String::as_str));
     let started = Instant::now();
     let wall = WallClock::anchor(started, SystemTime::now());
     let mut seed = rand::rngs::StdRng::from_entropy();
@@ -214,6 +218,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         prompts.len(),
         cfg.privacy.caller_id
     );
+    let mut app = app;
+    app.use_reference_book(reference_book);
     let mut sb = Switchboard::new(ep, app, cfg.operators.feature_available.clone());
     answers::load_operators(&accounts, &cfg, &mut sb);
     tracing::info!("hotline started");

@@ -117,6 +117,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE calls ADD COLUMN queue_outcome TEXT;
     ALTER TABLE calls ADD COLUMN operator TEXT;
     ALTER TABLE calls ADD COLUMN talk_ms INTEGER;",
+    // 5: reference codes are unique. Older 6-digit codes may repeat and keep the plain
+    // index for look-up; the 7-digit self-checking codes may not.
+    "CREATE UNIQUE INDEX calls_reference_unique ON calls(reference) WHERE length(reference) = 7;",
 ];
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -438,8 +441,17 @@ fn apply_detail(
     match cmd {
         StoreCommand::Reference { call, code } => {
             if let Some(id) = rows.get(&call) {
-                tx.prepare_cached("UPDATE calls SET reference = ?1 WHERE id = ?2")?
+                // The unique index refuses a repeated code; IGNORE keeps that from
+                // failing the whole batch. The server's book should make it impossible.
+                let changed = tx
+                    .prepare_cached("UPDATE OR IGNORE calls SET reference = ?1 WHERE id = ?2")?
                     .execute(params![code, id])?;
+                if changed == 0 {
+                    tracing::error!(
+                        call,
+                        "reference code already stored for another call; not kept"
+                    );
+                }
             }
         }
         StoreCommand::Node { call, node, at } => {
@@ -601,13 +613,38 @@ pub struct CallRow {
 
 /// Newest calls first.
 pub fn list_calls(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<CallRow>> {
-    let mut stmt = conn.prepare(
+    calls_where(conn, "", None, limit)
+}
+
+/// Calls whose reference code is `code`, newest first. A 7-digit code is unique; a
+/// 6-digit code from an older version may have been given to several calls.
+pub fn calls_by_reference(conn: &Connection, code: &str) -> rusqlite::Result<Vec<CallRow>> {
+    calls_where(conn, "WHERE reference = ?2", Some(code), 100)
+}
+
+/// Every reference code stored, for the server's book of codes given out.
+pub fn stored_references(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT reference FROM calls WHERE reference IS NOT NULL")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    rows.collect()
+}
+
+/// `filter` is a fixed SQL `WHERE` clause (or nothing) that may use `?2` for `arg`.
+fn calls_where(
+    conn: &Connection,
+    filter: &str,
+    arg: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<CallRow>> {
+    let mut stmt = conn.prepare(&format!(
         "SELECT id, sip_call_id, direction, from_id, to_uri, remote_addr, transport, codec,
                 started_at, answered_at, ended_at, end_reason, reference,
                 queue_waited_ms, operator, queue_outcome, talk_ms
-         FROM calls ORDER BY id DESC LIMIT ?1",
-    )?;
-    let rows = stmt.query_map(params![limit as i64], |r| {
+         FROM calls {filter} ORDER BY id DESC LIMIT ?1"
+    ))?;
+    let mut args: Vec<rusqlite::types::Value> = vec![(limit.min(i64::MAX as usize) as i64).into()];
+    args.extend(arg.map(|a| a.to_string().into()));
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
         let queue = QueueInfo {
             waited_ms: r.get(13)?,
             operator: r.get(14)?,
@@ -1033,6 +1070,86 @@ mod tests {
         assert_eq!(calls.len(), 1);
         assert!(calls[0].queue.is_none());
         assert!(list_operators(&conn).unwrap().is_empty());
+    }
+
+    /// A version 4 database with repeated 6-digit codes upgrades; its codes are still
+    /// found; a repeated 7-digit code is refused without losing the rest of the batch.
+    #[test]
+    fn reference_codes_are_unique_and_old_ones_still_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..4] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 4).unwrap();
+            for (sip, code) in [("a", "482113"), ("b", "482113"), ("c", "100200")] {
+                conn.execute(
+                    "INSERT INTO calls (sip_call_id, direction, to_uri, transport, started_at, reference) VALUES (?1, 'inbound', 't', 'UDP', 'now', ?2)",
+                    params![sip, code],
+                )
+                .unwrap();
+            }
+        }
+        let conn = open_existing(&path).unwrap().unwrap();
+        let found = calls_by_reference(&conn, "482113").unwrap();
+        assert_eq!(found.len(), 2, "both calls with the old repeated code");
+        assert_eq!(
+            calls_by_reference(&conn, "100200").unwrap()[0].sip_call_id,
+            "c"
+        );
+        drop(conn);
+
+        let tx = spawn_writer(
+            path.clone(),
+            Box::new(|a| Some(a.to_string())),
+            Box::new(|_| {}),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let code = crate::reference::code_for(4821);
+        start_call(&tx, 1);
+        start_call(&tx, 2);
+        tx.send(StoreCommand::Reference {
+            call: 1,
+            code: code.clone(),
+        })
+        .unwrap();
+        flush(&tx);
+        tx.send(StoreCommand::Reference {
+            call: 2,
+            code: code.clone(),
+        })
+        .unwrap();
+        tx.send(StoreCommand::Node {
+            call: 2,
+            node: "greeting".into(),
+            at: SystemTime::now(),
+        })
+        .unwrap();
+        flush(&tx);
+        let conn = open_existing(&path).unwrap().unwrap();
+        let found = calls_by_reference(&conn, &code).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].sip_call_id, "c1");
+        let second = list_calls(&conn, 10)
+            .unwrap()
+            .into_iter()
+            .find(|c| c.sip_call_id == "c2")
+            .unwrap();
+        assert_eq!(second.reference, None, "the repeat is not stored");
+        assert_eq!(second.path, ["greeting"], "the rest of the batch is");
+        let err = conn
+            .execute(
+                "UPDATE calls SET reference = ?1 WHERE sip_call_id = 'c2'",
+                params![code],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        let mut stored = stored_references(&conn).unwrap();
+        stored.sort();
+        assert_eq!(stored, [code.as_str(), "100200", "482113", "482113"]);
     }
 
     #[test]

@@ -450,3 +450,70 @@ pub fn baresip_command(ctrl_port: u16, cmd: &str, params: &str) {
     s.set_read_timeout(Some(Duration::from_secs(2))).ok();
     let _ = s.read(&mut [0u8; 512]);
 }
+
+/// Registers `user` for an operator account with SIPp; offers go to `uas_port`.
+pub fn sipp_register(server: &Server, user: &str, password: &str, uas_port: u16) {
+    let port = free_udp_port();
+    let out = Command::new("sipp")
+        .arg(server.udp.to_string())
+        .args([
+            "-sf",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/sipp/register.xml")
+                .to_str()
+                .unwrap(),
+        ])
+        .args(["-m", "1", "-s", user, "-au", user, "-ap", password])
+        .args([
+            "-key",
+            "uas_port",
+            &uas_port.to_string(),
+            "-key",
+            "expires",
+            "300",
+        ])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-timeout", "10s", "-timeout_error", "-nostdin"])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("sipp");
+    assert!(
+        out.status.success(),
+        "registration of {user} failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A SIPp phone listening for offers on `port`.
+pub struct SippPhone(Child);
+
+impl SippPhone {
+    pub fn start(scenario: &str, port: u16, extra: &[&str]) -> SippPhone {
+        let media = free_udp_port();
+        let child = Command::new("sipp")
+            .args([
+                "-sf",
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/sipp")
+                    .join(scenario)
+                    .to_str()
+                    .unwrap(),
+            ])
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-mp", &media.to_string(), "-nostdin"])
+            .args(extra)
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp");
+        SippPhone(child)
+    }
+}
+
+impl Drop for SippPhone {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use super::*;
 use crate::ivr::{validate, Problem, PromptCatalog};
 
-const DEFAULT_FLOW: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ivr.toml"));
+const DEFAULT_FLOW: &str = include_str!("test_flow.toml");
+const SHIPPED_FLOW: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ivr.toml"));
 const RU_PROMPTS: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/prompts/ru/prompts.toml"
@@ -16,6 +17,9 @@ struct Call {
     engine: Engine,
     now: Instant,
     last_play: Option<PlayId>,
+    /// What the host says when the queue node asks about operators; `None`
+    /// leaves the question to the test.
+    operators: Option<Operators>,
 }
 
 impl Call {
@@ -26,6 +30,16 @@ impl Call {
             .ids();
         validate(&flow, &ids).unwrap();
         Self::start(Engine::new(Arc::new(flow)).with_reference_code("4821"))
+    }
+
+    /// The flow shipped in config/ivr.toml.
+    fn shipped_flow() -> Self {
+        let flow = Flow::from_toml_str(SHIPPED_FLOW, "ivr.toml").unwrap();
+        let ids = PromptCatalog::from_toml_str(RU_PROMPTS, "prompts.toml")
+            .unwrap()
+            .ids();
+        validate(&flow, &ids).unwrap();
+        Self::start(Engine::new(Arc::new(flow)).with_reference_code("4821356"))
     }
 
     /// A test flow, validated except for prompt ids, which are made up.
@@ -53,6 +67,7 @@ impl Call {
             engine,
             now: Instant::now(),
             last_play: None,
+            operators: Some(Operators::Free),
         }
     }
 
@@ -63,11 +78,16 @@ impl Call {
 
     fn drain(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
+        let mut asked = false;
         while let Some(action) = self.engine.poll_action() {
             if let Action::Play { id, .. } = &action {
                 self.last_play = Some(*id);
             }
+            asked |= matches!(action, Action::CheckOperators { .. });
             out.push(action);
+        }
+        if let Some(operators) = self.operators.filter(|_| asked) {
+            out.extend(self.send(Event::Operators(operators)));
         }
         out
     }
@@ -1165,11 +1185,21 @@ fn random_event_storms_never_panic_or_speak_after_hang_up() {
         QueueOutcome::CallerChoseVoicemail,
         QueueOutcome::MaxWait,
     ];
-    for _ in 0..300 {
+    let operators = [
+        Operators::Free,
+        Operators::AllBusy,
+        Operators::NobodyLoggedIn,
+    ];
+    for round in 0..300 {
         let mut call = Call::default_flow();
+        // Half the calls leave the operator question to the storm.
+        if round % 2 == 0 {
+            call.operators = None;
+        }
         let mut hung_up = false;
         for _ in 0..120 {
-            let event = match rng.below(12) {
+            let event = match rng.below(13) {
+                11 => Event::Operators(operators[rng.below(3) as usize]),
                 0 => Event::Answered,
                 1..=3 => match call.last_play {
                     Some(id) => Event::PromptFinished { id },
@@ -1212,4 +1242,66 @@ fn truncated_flow_files_never_panic() {
             call.wait(60.0);
         }
     }
+}
+
+/// The shipped flow: the greeting says what the line is and that 0 reaches an
+/// operator; a silent caller hears the first question twice, then the queue.
+#[test]
+fn shipped_flow_reaches_a_person_after_asking_twice() {
+    let mut call = Call::shipped_flow();
+    let a = call.answer();
+    assert_eq!(a.plays(), [["greeting", "keys_hint"]]);
+    let a = call.finish_prompt();
+    assert_eq!(a.entered(), ["situation"]);
+    call.finish_prompt();
+    assert_eq!(call.timer_in(), secs(6));
+    assert_eq!(call.wait(6.0).plays(), [["no_input", "situation_menu"]]);
+    call.finish_prompt();
+    let a = call.wait(6.0);
+    assert_eq!(a.entered(), ["operator_queue"]);
+    assert!(a.contains_action(&Action::CheckOperators {
+        node: "operator_queue".into()
+    }));
+    assert_eq!(a.plays(), [["connecting"]]);
+}
+
+/// "Connecting" only when an operator is free; "all busy" when none is; with
+/// nobody logged in, straight to the voice message.
+#[test]
+fn shipped_flow_says_connecting_only_when_an_operator_can_be_offered() {
+    let ask = |operators: Option<Operators>| {
+        let mut call = Call::shipped_flow();
+        call.operators = operators;
+        call.answer();
+        call.press("0")
+    };
+    let a = ask(Some(Operators::Free));
+    assert_eq!(a.entered(), ["situation", "operator_queue"]);
+    assert_eq!(a.plays(), [["connecting"]]);
+
+    let a = ask(Some(Operators::AllBusy));
+    assert_eq!(a.plays(), [["all_operators_busy"]]);
+
+    let a = ask(Some(Operators::NobodyLoggedIn));
+    assert_eq!(a.entered(), ["situation", "operator_queue", "voicemail"]);
+    assert_eq!(a.plays(), [["voicemail_intro"]], "no \"connecting\" first");
+    assert!(!a.iter().any(|x| matches!(x, Action::Enqueue { .. })));
+
+    // Until the host answers, nothing is played and keys change nothing.
+    let mut call = Call::shipped_flow();
+    call.operators = None;
+    call.answer();
+    let a = call.press("0");
+    assert!(a.plays().is_empty());
+    assert!(call.press("1").is_empty());
+    let a = call.send(Event::Operators(Operators::Free));
+    assert_eq!(a.plays(), [["connecting"]]);
+    // A late or repeated answer is ignored.
+    assert!(call
+        .send(Event::Operators(Operators::NobodyLoggedIn))
+        .is_empty());
+    let a = call.finish_prompt();
+    assert!(a.contains_action(&Action::Enqueue {
+        node: "operator_queue".into()
+    }));
 }
