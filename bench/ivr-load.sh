@@ -8,8 +8,9 @@
 # window), then what the server stored.
 #
 #   bench/ivr-load.sh CALLS [loadgen options ...]
-#   PERF_DATA=perf.data bench/ivr-load.sh 1000     # also `perf record -g` the server
+#   PERF_DATA=perf.data bench/ivr-load.sh 1000     # also `perf record` the server
 #                                                  # during the measurement window
+#   (PERF_ARGS, default "-g", chooses the sampling, e.g. "--call-graph dwarf -F 199")
 #
 # Callers wait in the queue (nobody is logged in, and
 # queue.voicemail_when_nobody_logged_in=false keeps them there); message callers
@@ -68,7 +69,8 @@ if [ -n "${PERF_DATA:-}" ]; then
         kill -0 "$gen" 2>/dev/null || break
         sleep 0.2
     done
-    perf record -g -p "$pid" -o "$PERF_DATA" -- sleep "$duration" >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086
+    perf record ${PERF_ARGS:--g} -p "$pid" -o "$PERF_DATA" -- sleep "$duration" >/dev/null 2>&1 || true
     echo "perf data of the window: $PERF_DATA"
 fi
 wait "$gen"

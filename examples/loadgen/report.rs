@@ -79,8 +79,13 @@ pub struct Received {
     pub late_or_duplicate: u64,
     /// Timestamp steps that did not match the sequence step.
     pub ts_jumps: u64,
-    /// Pauses of more than 60 ms between packets of a stream.
+    /// Pauses of more than 60 ms between packets of a stream, and how many of them
+    /// ended inside the window.
     pub stalls: u64,
+    pub stalls_in_window: u64,
+    /// When pauses ended, seconds from the run's start, with how many streams
+    /// paused then (rounded to 0.1 s; the ten commonest).
+    pub pause_times: Vec<(f64, u64)>,
     pub longest_pause_ms: f64,
     pub ssrc_changes: u64,
     /// Packets from an address no call knows.
@@ -105,8 +110,11 @@ pub struct Sent {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Generator {
-    /// CPU (user + system, all threads) in the window.
+    /// CPU (user + system, all threads) in the window. The system part includes
+    /// the kernel's loopback delivery of our packets into the server's sockets.
     pub cpu_s: f64,
+    pub cpu_user_s: f64,
+    pub cpu_system_s: f64,
     pub cpu_percent_of_core: f64,
     pub cpu_percent_per_call: f64,
     pub cpu_whole_run_s: f64,
@@ -117,6 +125,8 @@ pub struct Generator {
 pub struct Server {
     pub pid: u32,
     pub cpu_s: f64,
+    pub cpu_user_s: f64,
+    pub cpu_system_s: f64,
     pub cpu_percent_of_core: f64,
     pub cpu_percent_per_call: f64,
     pub rss_idle_kb: u64,
@@ -136,6 +146,8 @@ pub struct CallLine {
     pub missing: u64,
     pub ts_jumps: u64,
     pub stalls: u64,
+    /// When the first pauses ended, seconds from the run's start.
+    pub pauses_at_s: Vec<f64>,
     pub deviation: Dist,
 }
 
@@ -199,7 +211,7 @@ impl Report {
         let r = &self.received;
         let _ = writeln!(
             s,
-            "received: {} packets, {} missing ({:.4} %) in {} gaps, {} late/duplicate, {} timestamp jumps, {} pauses > 60 ms (longest {:.1} ms), {} SSRC changes, {} foreign, {} dropped by our sockets",
+            "received: {} packets, {} missing ({:.4} %) in {} gaps, {} late/duplicate, {} timestamp jumps, {} pauses > 60 ms ({} in the window, longest {:.1} ms), {} SSRC changes, {} foreign, {} dropped by our sockets",
             r.packets,
             r.missing,
             r.loss_percent,
@@ -207,11 +219,20 @@ impl Report {
             r.late_or_duplicate,
             r.ts_jumps,
             r.stalls,
+            r.stalls_in_window,
             r.longest_pause_ms,
             r.ssrc_changes,
             r.foreign,
             r.dropped_by_us
         );
+        if !r.pause_times.is_empty() {
+            let when: Vec<String> = r
+                .pause_times
+                .iter()
+                .map(|(at, n)| format!("{at:.1} s ({n})"))
+                .collect();
+            let _ = writeln!(s, "pauses ended at (streams): {}", when.join(", "));
+        }
         let t = &self.sent;
         let _ = writeln!(
             s,
@@ -223,14 +244,14 @@ impl Report {
         let g = &self.generator;
         let _ = writeln!(
             s,
-            "generator: {:.2} s CPU in the window = {:.1} % of a core, {:.4} % per call; {:.1} s over the run; max RSS {} kB",
-            g.cpu_s, g.cpu_percent_of_core, g.cpu_percent_per_call, g.cpu_whole_run_s, g.max_rss_kb
+            "generator: {:.2} s CPU in the window ({:.2} user, {:.2} system) = {:.1} % of a core, {:.4} % per call; {:.1} s over the run; max RSS {} kB",
+            g.cpu_s, g.cpu_user_s, g.cpu_system_s, g.cpu_percent_of_core, g.cpu_percent_per_call, g.cpu_whole_run_s, g.max_rss_kb
         );
         if let Some(v) = &self.server {
             let _ = writeln!(
                 s,
-                "server (pid {}): {:.2} s CPU in the window = {:.1} % of a core, {:.4} % per call; RSS {} kB idle, {} kB at the window's end = {:.1} kB per call",
-                v.pid, v.cpu_s, v.cpu_percent_of_core, v.cpu_percent_per_call, v.rss_idle_kb, v.rss_kb, v.rss_per_call_kb
+                "server (pid {}): {:.2} s CPU in the window ({:.2} user, {:.2} system) = {:.1} % of a core, {:.4} % per call; RSS {} kB idle, {} kB at the window's end = {:.1} kB per call",
+                v.pid, v.cpu_s, v.cpu_user_s, v.cpu_system_s, v.cpu_percent_of_core, v.cpu_percent_per_call, v.rss_idle_kb, v.rss_kb, v.rss_per_call_kb
             );
         }
         s

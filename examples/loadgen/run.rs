@@ -5,7 +5,7 @@
 //! ticks: the kernel's receive stamps make the reading time irrelevant to what is
 //! measured, and a tick reads whole batches instead of waking per packet.
 
-use super::cpu;
+use super::cpu::{self, CpuTime};
 use super::dialog::{Dialog, Event, Outcome};
 use super::media::{self, Audio, KeyMode, MAX_RTP};
 use super::net::{self, BATCH};
@@ -92,8 +92,8 @@ impl Io {
 /// Sample points taken at the window's edges.
 #[derive(Default, Clone, Copy)]
 struct Edge {
-    own_cpu: Duration,
-    server_cpu: Option<Duration>,
+    own_cpu: CpuTime,
+    server_cpu: Option<CpuTime>,
     calls_up: usize,
     voicemail_up: usize,
     rss_kb: Option<u64>,
@@ -491,7 +491,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
     }
 
     let probe_samples = probe.finish();
-    let cpu_whole = cpu::own_cpu().saturating_sub(cpu_at_start);
+    let cpu_whole = cpu::own_cpu().since(&cpu_at_start).total();
     let at_start = at_start.unwrap_or_default();
     let at_end = at_end.unwrap_or_else(|| edge(&calls));
     Ok(build_report(
@@ -508,6 +508,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
         server_rss_idle,
         probe_samples,
         window,
+        t0_ns,
         Tallies {
             lateness,
             foreign,
@@ -605,6 +606,7 @@ fn build_report(
     server_rss_idle: Option<u64>,
     probe: Vec<(i64, u32)>,
     window: Window,
+    t0_ns: i64,
     t: Tallies,
 ) -> Report {
     let secs = opts.duration.as_secs_f64();
@@ -614,6 +616,7 @@ fn build_report(
     let mut burst_all: Vec<u32> = Vec::new();
     let mut per_stream = Vec::new();
     let mut lines = Vec::new();
+    let mut pause_times: std::collections::BTreeMap<i64, u64> = Default::default();
     r.calls.planned = calls.len();
     for c in calls.iter_mut() {
         let cc = &mut r.calls;
@@ -665,6 +668,10 @@ fn build_report(
         rv.late_or_duplicate += rx.late_or_duplicate;
         rv.ts_jumps += rx.ts_jumps;
         rv.stalls += rx.stalls;
+        rv.stalls_in_window += rx.stalls_in_window;
+        for at in &rx.pauses_at_ns {
+            *pause_times.entry((at - t0_ns) / 100_000_000).or_default() += 1;
+        }
         rv.longest_pause_ms = rv.longest_pause_ms.max(rx.longest_pause_ns as f64 / 1e6);
         rv.ssrc_changes += rx.ssrc_changes;
         all.extend_from_slice(&rx.deviations);
@@ -687,11 +694,24 @@ fn build_report(
                 missing: rx.missing,
                 ts_jumps: rx.ts_jumps,
                 stalls: rx.stalls,
+                pauses_at_s: rx
+                    .pauses_at_ns
+                    .iter()
+                    .map(|ns| (ns - t0_ns) as f64 / 1e9)
+                    .collect(),
                 deviation: d,
             });
         }
     }
     r.calls.setup_ms = Dist::of_us(&mut setups);
+    let mut commonest: Vec<(i64, u64)> = pause_times.into_iter().collect();
+    commonest.sort_by_key(|(at, n)| (std::cmp::Reverse(*n), *at));
+    commonest.truncate(10);
+    commonest.sort();
+    r.received.pause_times = commonest
+        .into_iter()
+        .map(|(tenth, n)| (tenth as f64 / 10.0, n))
+        .collect();
     r.received.foreign = t.foreign;
     r.received.dropped_by_us = t.drops;
     let total = r.received.packets + r.received.missing;
@@ -741,12 +761,12 @@ fn build_report(
         .collect();
     r.probe = Dist::of_us(&mut probe_in);
     let calls_up = at_start.calls_up.max(1) as f64;
-    let own = at_end
-        .own_cpu
-        .saturating_sub(at_start.own_cpu)
-        .as_secs_f64();
+    let own_split = at_end.own_cpu.since(&at_start.own_cpu);
+    let own = own_split.total().as_secs_f64();
     r.generator = Generator {
         cpu_s: own,
+        cpu_user_s: own_split.user.as_secs_f64(),
+        cpu_system_s: own_split.system.as_secs_f64(),
         cpu_percent_of_core: own / secs * 100.0,
         cpu_percent_per_call: own / secs * 100.0 / calls_up,
         cpu_whole_run_s: t.cpu_whole.as_secs_f64(),
@@ -754,12 +774,15 @@ fn build_report(
     };
     if let (Some(pid), Some(a), Some(b)) = (opts.server_pid, at_start.server_cpu, at_end.server_cpu)
     {
-        let cpu_s = b.saturating_sub(a).as_secs_f64();
+        let split = b.since(&a);
+        let cpu_s = split.total().as_secs_f64();
         let rss = at_end.rss_kb.unwrap_or(0);
         let idle = server_rss_idle.unwrap_or(0);
         r.server = Some(Server {
             pid,
             cpu_s,
+            cpu_user_s: split.user.as_secs_f64(),
+            cpu_system_s: split.system.as_secs_f64(),
             cpu_percent_of_core: cpu_s / secs * 100.0,
             cpu_percent_per_call: cpu_s / secs * 100.0 / calls_up,
             rss_idle_kb: idle,

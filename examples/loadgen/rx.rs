@@ -36,6 +36,10 @@ pub struct Stream {
     /// Pauses in arrivals longer than three frames.
     pub stalls: u64,
     pub longest_pause_ns: i64,
+    /// Of those, ending inside the measurement window.
+    pub stalls_in_window: u64,
+    /// When the first few pauses ended (monotonic ns).
+    pub pauses_at_ns: Vec<i64>,
     pub ssrc_changes: u64,
     /// |interval − 20 ms| in µs, inside the measurement window.
     pub deviations: Vec<u32>,
@@ -88,6 +92,12 @@ impl Stream {
         let pause = at_ns - last.at_ns;
         if pause > STALL_NS {
             self.stalls += 1;
+            if window.contains(at_ns) {
+                self.stalls_in_window += 1;
+            }
+            if self.pauses_at_ns.len() < 4 {
+                self.pauses_at_ns.push(at_ns);
+            }
         }
         self.longest_pause_ns = self.longest_pause_ns.max(pause);
         if step > 1 {
@@ -150,6 +160,8 @@ mod tests {
         assert_eq!(s.ts_jumps, 1);
         assert_eq!(s.stalls, 1);
         assert_eq!(s.longest_pause_ns, 120 * ms);
+        assert_eq!(s.pauses_at_ns, [200 * ms]);
+        assert_eq!(s.stalls_in_window, 1);
         // Intervals only between consecutive numbers: 21, 20, 120 ms.
         assert_eq!(s.deviations, [1000, 0, 100_000]);
     }
