@@ -11,6 +11,9 @@
 #   PERF_DATA=perf.data bench/ivr-load.sh 1000     # also `perf record` the server
 #                                                  # during the measurement window
 #   (PERF_ARGS, default "-g", chooses the sampling, e.g. "--call-graph dwarf -F 199")
+#   KEEP=1 bench/ivr-load.sh 100                   # keep the data directory and logs
+#   NICE=-10 bench/ivr-load.sh 2000                # server and generator ahead of other
+#                                                  # work on a shared machine
 #
 # Callers wait in the queue (nobody is logged in, and
 # queue.voicemail_when_nobody_logged_in=false keeps them there); message callers
@@ -25,7 +28,7 @@ work="$(mktemp -d)"
 pid=""
 cleanup() {
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-    rm -rf "$work"
+    if [ -n "${KEEP:-}" ]; then echo "kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 cargo build --release --quiet --example loadgen
@@ -43,7 +46,9 @@ settings=(
     --set 'queue.voicemail_when_nobody_logged_in=false'
     --set 'log.level="warn"'
 )
-target/release/hotline serve "${settings[@]}" >"$work/server.out" 2>"$work/server.log" &
+prio=()
+[ -n "${NICE:-}" ] && prio=(nice -n "$NICE")
+"${prio[@]}" target/release/hotline serve "${settings[@]}" >"$work/server.out" 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 100); do
     grep -q "SIP listening on udp:" "$work/server.out" 2>/dev/null && break
@@ -52,10 +57,10 @@ done
 addr="$(sed -n 's/^hotline: SIP listening on udp://p' "$work/server.out" | head -1)"
 [ -n "$addr" ] || { echo "server did not start:"; cat "$work/server.log"; exit 1; }
 
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)"
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)${NICE:+, nice $NICE}"
 echo "server: target/release/hotline serve ${settings[*]}"
 echo "generator: target/release/examples/loadgen $addr --calls $calls --server-pid $pid $*"
-target/release/examples/loadgen "$addr" --calls "$calls" --server-pid "$pid" "$@" \
+"${prio[@]}" target/release/examples/loadgen "$addr" --calls "$calls" --server-pid "$pid" "$@" \
     >"$work/report" 2> >(tee "$work/progress" >&2) &
 gen=$!
 if [ -n "${PERF_DATA:-}" ]; then
@@ -88,4 +93,5 @@ secs = sorted(rec["duration_ms"] / 1000 for rec in done)
 print(f"calls stored: {len(rows)}; keys: {dict(digits.most_common(6))}; end reasons: {dict(ends)}")
 print(f"voice messages: {len(vm)}, {len(done)} complete" + (f", {secs[0]:.1f}-{secs[-1]:.1f} s long" if secs else ""))
 '
+echo "load average at the end: $(cut -d" " -f1-3 /proc/loadavg)"
 grep -c "ERROR" "$work/server.log" | sed 's/^/server log ERROR lines: /' || true

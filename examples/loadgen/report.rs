@@ -90,6 +90,9 @@ pub struct Received {
     pub ssrc_changes: u64,
     /// Packets from an address no call knows.
     pub foreign: u64,
+    /// Packets of a call after it ended (its BYE answered), and the latest of them.
+    pub after_end: u64,
+    pub longest_after_end_ms: f64,
     /// Dropped by our own sockets for a full buffer (the generator's fault, not the
     /// server's).
     pub dropped_by_us: u64,
@@ -211,7 +214,7 @@ impl Report {
         let r = &self.received;
         let _ = writeln!(
             s,
-            "received: {} packets, {} missing ({:.4} %) in {} gaps, {} late/duplicate, {} timestamp jumps, {} pauses > 60 ms ({} in the window, longest {:.1} ms), {} SSRC changes, {} foreign, {} dropped by our sockets",
+            "received: {} packets, {} missing ({:.4} %) in {} gaps, {} late/duplicate, {} timestamp jumps, {} pauses > 60 ms ({} in the window, longest {:.1} ms), {} SSRC changes, {} foreign, {} after the call ended (up to {:.0} ms after), {} dropped by our sockets",
             r.packets,
             r.missing,
             r.loss_percent,
@@ -223,6 +226,8 @@ impl Report {
             r.longest_pause_ms,
             r.ssrc_changes,
             r.foreign,
+            r.after_end,
+            r.longest_after_end_ms,
             r.dropped_by_us
         );
         if !r.pause_times.is_empty() {

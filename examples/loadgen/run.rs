@@ -31,6 +31,8 @@ const BYE_GRACE: Duration = Duration::from_secs(35);
 const LINGER: Duration = Duration::from_secs(2);
 /// Frames a late call may send at once to catch up; beyond that it skips.
 const MAX_CATCH_UP: u32 = 5;
+/// Marks a server port whose call has ended (its late packets are counted apart).
+const ENDED: u32 = 1 << 31;
 
 struct Call {
     voicemail: bool,
@@ -50,6 +52,7 @@ struct Call {
     finished: bool,
     hangup_at: Option<Instant>,
     outcome: Option<Outcome>,
+    ended_at: Option<Instant>,
 }
 
 impl Call {
@@ -156,6 +159,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
                 finished: false,
                 hangup_at: None,
                 outcome: None,
+                ended_at: None,
             }
         })
         .collect();
@@ -168,7 +172,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
     let mono = |t: Instant| t0_ns + t.saturating_duration_since(t0).as_nanos() as i64;
     let cpu_at_start = cpu::own_cpu();
 
-    // Server RTP source port -> call index + 1.
+    // Server RTP source port -> call index + 1, with ENDED set once the call ended.
     let mut by_port: Vec<u32> = vec![0; 65536];
     let mut wheel: Vec<Vec<u32>> = vec![Vec::new(); 20];
     let mut processed_ms: u64 = 0;
@@ -187,6 +191,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
     let mut out: Vec<Vec<u8>> = Vec::new();
     let mut lateness: Vec<u32> = Vec::new();
     let mut foreign = 0u64;
+    let mut after_end = 0u64;
+    let mut longest_after_end_ns = 0i64;
     let mut unexpected_sip = 0u64;
     let mut drops: Vec<u32> = vec![0; io.rtp.len()];
     let mut next_housekeeping = t0;
@@ -275,7 +281,9 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
                     if let Some(dr) = d.drops {
                         drops[k] = drops[k].max(dr);
                     }
-                    let idx = by_port[usize::from(d.from.port())] as usize;
+                    let entry = by_port[usize::from(d.from.port())];
+                    let at = d.stamp_ns.map(|s| s - rt_offset).unwrap_or(now_ns);
+                    let idx = (entry & !ENDED) as usize;
                     let call = match idx.checked_sub(1).map(|i| &mut calls[i]) {
                         Some(c)
                             if c.sock == k
@@ -288,7 +296,13 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
                             continue;
                         }
                     };
-                    let at = d.stamp_ns.map(|s| s - rt_offset).unwrap_or(now_ns);
+                    if entry & ENDED != 0 {
+                        after_end += 1;
+                        if let Some(end) = call.ended_at {
+                            longest_after_end_ns = longest_after_end_ns.max(at - mono(end));
+                        }
+                        continue;
+                    }
                     let b = (!call.voicemail).then_some(burst);
                     call.rx.on_packet(d.data, at, window, b);
                 }
@@ -316,6 +330,17 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
                 let sdp = sip::offer_sdp(rtp_addrs[c.sock], c.mode == KeyMode::Rfc4733, i as u64);
                 c.dialog = Some(Dialog::start(party, &sdp, opts.timers, now, &mut out));
                 c.dialed_at = Some(now);
+            }
+            // The window's edges, sampled before this tick's hang-ups.
+            if let Some(p) = phases {
+                if at_start.is_none() && now >= p.start {
+                    at_start = Some(edge(&calls));
+                    progress("window open");
+                }
+                if at_end.is_none() && now >= p.end {
+                    at_end = Some(edge(&calls));
+                    progress("window closed; finishing messages and hanging up");
+                }
             }
             // Timers, keys, hang-ups.
             for i in 0..calls.len() {
@@ -418,16 +443,6 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
                     opts.duration.as_secs_f64()
                 ));
             }
-            if let Some(p) = phases {
-                if at_start.is_none() && now >= p.start {
-                    at_start = Some(edge(&calls));
-                    progress("window open");
-                }
-                if at_end.is_none() && now >= p.end {
-                    at_end = Some(edge(&calls));
-                    progress("window closed; finishing messages and hanging up");
-                }
-            }
             let all_done =
                 next_dial == calls.len() && calls.iter().all(|c| c.dialog.is_none() || c.is_done());
             // Done once every call ended after the window (or none was answered: no
@@ -512,6 +527,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
         Tallies {
             lateness,
             foreign,
+            after_end,
+            longest_after_end_ns,
             unexpected_sip,
             drops: drops.iter().map(|d| u64::from(*d)).sum(),
             burst_finishers,
@@ -560,9 +577,11 @@ fn on_event(
             if c.answered_at.is_none() {
                 *resolved += 1;
             }
+            c.ended_at = Some(now);
             if let Some(m) = c.media {
-                if by_port[usize::from(m.addr.port())] == i as u32 + 1 {
-                    by_port[usize::from(m.addr.port())] = 0;
+                let entry = &mut by_port[usize::from(m.addr.port())];
+                if *entry == i as u32 + 1 {
+                    *entry |= ENDED;
                 }
             }
             c.tx = None;
@@ -574,6 +593,8 @@ fn on_event(
 struct Tallies {
     lateness: Vec<u32>,
     foreign: u64,
+    after_end: u64,
+    longest_after_end_ns: i64,
     unexpected_sip: u64,
     drops: u64,
     burst_finishers: usize,
@@ -713,6 +734,8 @@ fn build_report(
         .map(|(tenth, n)| (tenth as f64 / 10.0, n))
         .collect();
     r.received.foreign = t.foreign;
+    r.received.after_end = t.after_end;
+    r.received.longest_after_end_ms = t.longest_after_end_ns as f64 / 1e6;
     r.received.dropped_by_us = t.drops;
     let total = r.received.packets + r.received.missing;
     r.received.loss_percent = if total > 0 {
