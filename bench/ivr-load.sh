@@ -47,7 +47,12 @@ settings=(
     --set 'log.level="warn"'
 )
 prio=()
-[ -n "${NICE:-}" ] && prio=(nice -n "$NICE")
+if [ -n "${NICE:-}" ]; then
+    prio=(nice -n "$NICE")
+    # With autogroup scheduling, nice only orders processes within a session;
+    # the session's own nice orders it against other sessions' work.
+    if [ -w /proc/self/autogroup ]; then echo "$NICE" >/proc/self/autogroup || true; fi
+fi
 "${prio[@]}" target/release/hotline serve "${settings[@]}" >"$work/server.out" 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 100); do
