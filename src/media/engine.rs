@@ -92,15 +92,14 @@ async fn run(
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
                 let now_ms = millis(epoch);
-                match cmd {
-                    EngineCommand::Sip(MediaCommand::Allocate { call, local_ip }) => {
-                        allocate(&mut core, &mut io, call, local_ip, epoch);
+                command(&mut core, &mut io, cmd, now_ms, epoch);
+                // A burst of hang-ups or call set-ups is taken at once, not one per
+                // wake between ticks: a stopped leg must not keep sending.
+                for _ in 0..COMMAND_BATCH {
+                    match commands.try_recv() {
+                        Ok(cmd) => command(&mut core, &mut io, cmd, now_ms, epoch),
+                        Err(_) => break,
                     }
-                    EngineCommand::Sip(MediaCommand::Stop { call }) => {
-                        io.remove(&call);
-                        core.handle_command(EngineCommand::Sip(MediaCommand::Stop { call }), now_ms);
-                    }
-                    other => core.handle_command(other, now_ms),
                 }
             }
             Some(result) = results.recv() => core.on_sink_result(result),
@@ -119,6 +118,28 @@ async fn run(
         while let Some(ev) = core.poll_event() {
             let _ = events.send(ev);
         }
+    }
+}
+
+/// Commands handled per wake before the clock gets its turn.
+const COMMAND_BATCH: usize = 4096;
+
+fn command(
+    core: &mut MediaCore,
+    io: &mut HashMap<CallId, LegIo>,
+    cmd: EngineCommand,
+    now_ms: u64,
+    epoch: Instant,
+) {
+    match cmd {
+        EngineCommand::Sip(MediaCommand::Allocate { call, local_ip }) => {
+            allocate(core, io, call, local_ip, epoch);
+        }
+        EngineCommand::Sip(MediaCommand::Stop { call }) => {
+            io.remove(&call);
+            core.handle_command(EngineCommand::Sip(MediaCommand::Stop { call }), now_ms);
+        }
+        other => core.handle_command(other, now_ms),
     }
 }
 
