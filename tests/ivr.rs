@@ -68,64 +68,6 @@ fn path_of(call: &serde_json::Value) -> Vec<String> {
 }
 
 #[test]
-fn invalid_key_then_valid_key() {
-    let server = server_with_quick_flow(&[]);
-    call(
-        &server,
-        &["--hangup-after", "9", "--dtmf", "9@1.0,1@3.0,2@5.0,#@6.5"],
-    );
-    let c = last_call(&server, |c| c["end_reason"].is_string());
-    assert_eq!(c["answers"]["status"], "1", "{c}");
-    assert_eq!(c["answers"]["zone"], "2");
-    assert_eq!(c["answers"]["unit"], "", "unit skipped with #");
-    assert_eq!(c["digits"], "912#");
-    let path = path_of(&c);
-    assert_eq!(
-        &path[..4],
-        ["greeting", "situation", "zone", "unit"],
-        "{path:?}"
-    );
-    server.assert_no_panic();
-}
-
-#[test]
-fn caller_who_presses_nothing_is_offered_voicemail() {
-    let server = server_with_quick_flow(&[]);
-    // 3 s note, then two rounds of the 8 s menu + 2 s wait with a 2 s "no
-    // input" between; nobody is logged in, so no "connecting": the voicemail
-    // offer comes after about 25 s.
-    call(&server, &["--hangup-after", "30"]);
-    let c = last_call(&server, |c| c["end_reason"].is_string());
-    let path = path_of(&c);
-    assert_eq!(path.first().map(String::as_str), Some("greeting"));
-    assert!(
-        path.contains(&"voicemail".to_string()),
-        "silence leads to the voicemail offer: {path:?}"
-    );
-    assert_eq!(c["digits"], "");
-    server.assert_no_panic();
-}
-
-#[test]
-fn zero_from_the_middle_of_a_menu_reaches_the_queue() {
-    let server = server_with_quick_flow(&[]);
-    call(&server, &["--hangup-after", "8", "--dtmf", "1@1.0,0@3.0"]);
-    let c = last_call(&server, |c| c["end_reason"].is_string());
-    let path = path_of(&c);
-    assert_eq!(
-        &path[..4],
-        ["greeting", "situation", "zone", "operator_queue"],
-        "{path:?}"
-    );
-    assert_eq!(c["answers"]["status"], "1");
-    assert!(
-        c["answers"].get("zone").is_none(),
-        "0 is not an answer to the zone question"
-    );
-    server.assert_no_panic();
-}
-
-#[test]
 fn hang_up_during_a_prompt_and_during_a_menu() {
     let server = server_with_quick_flow(&[]);
     call(&server, &["--hangup-after", "1"]);
