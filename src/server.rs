@@ -126,28 +126,15 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 cfg.storage.data_dir.display()
             )
         })?;
-    let filter = CallerIdFilter::load(cfg.privacy.caller_id, &cfg.privacy.hash_key_file)
+    let filter = CallerIdFilter::load(cfg.privacy.caller_id, &cfg.hash_key_path())
         .map_err(anyhow::Error::msg)?;
     let addr_filter = {
         let f = filter.clone();
         Box::new(move |a: &str| f.apply(a)) as store::AddrFilter
     };
-    let store_tx = store::spawn_writer(cfg.database_path(), addr_filter)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
-    // Recordings cut short by a crash or power loss get their WAV header repaired.
-    if let Ok(reports) = crate::media::recorder::repair_dir_recursive(cfg.recordings_dir()) {
-        for r in reports {
-            match &r.result {
-                Ok(crate::media::recorder::RepairOutcome::AlreadyValid) => {}
-                Ok(outcome) => {
-                    tracing::warn!(path = %r.path.display(), ?outcome, "recording repaired")
-                }
-                Err(e) => {
-                    tracing::error!(path = %r.path.display(), "recording cannot be repaired: {e}")
-                }
-            }
-        }
-    }
+    let store_tx = store::startup::start(&cfg, addr_filter)?;
+    crate::maintenance::spawn(&cfg, filter.clone());
+    let vault = crate::vault::Vault::new(&cfg);
     let (stored_tx, mut stored_rx) = mpsc::unbounded_channel();
     let names = OperatorNames::default();
     let accounts = store::open(&cfg.database_path())
@@ -236,8 +223,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 app.on_stored(call, ok, std::time::Instant::now());
             }
             Some(req) = control_rx.recv() => {
-                let reply = control(&mut app, &mut ep, &accounts, &names, req.command);
-                let _ = req.reply.send(reply);
+                if let Some(req) = vault.handle(req) {
+                    let reply = control(&mut app, &mut ep, &accounts, &names, req.command);
+                    let _ = req.reply.send(reply);
+                }
             }
             Some(input) = net_rx.recv() => {
                 let now = std::time::Instant::now();
@@ -272,7 +261,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         }
     }
     let (ftx, frx) = std::sync::mpsc::channel();
-    let _ = store_tx.send(StoreCommand::Flush(ftx));
+    let _ = store_tx.send(StoreCommand::Checkpoint(ftx));
     let _ = frx.recv_timeout(Duration::from_secs(10));
     println!("hotline: stopped");
     Ok(())
@@ -398,6 +387,8 @@ fn control(
             ep.forget_operators_except(&|user| known.contains_key(user));
             json!({"ok": true})
         }
+        // The sealing commands are answered by the vault before this.
+        _ => json!({"ok": false, "error": "not handled here"}),
     }
 }
 
