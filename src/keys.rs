@@ -12,6 +12,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 use zeroize::Zeroizing;
 
+/// scrypt work factor (log2 N) of generated identity files.
+const SCRYPT_WORK_FACTOR: u8 = 18;
+
 /// Largest identity file read (one holds a few hundred bytes).
 const MAX_IDENTITY_FILE: u64 = 64 * 1024;
 
@@ -77,7 +80,12 @@ pub fn generate(out: &Path, passphrase: SecretString) -> Result<x25519::Recipien
         identity.to_string().expose_secret()
     ));
     let armored = {
-        let enc = age::Encryptor::with_user_passphrase(passphrase);
+        // age's own default (2^18, about a second): the crate would calibrate to the
+        // speed of this build, which for an unoptimised one is far weaker.
+        let mut scrypt = age::scrypt::Recipient::new(passphrase);
+        scrypt.set_work_factor(SCRYPT_WORK_FACTOR);
+        let enc = age::Encryptor::with_recipients(std::iter::once(&scrypt as &dyn age::Recipient))
+            .map_err(|e| e.to_string())?;
         let armor =
             age::armor::ArmoredWriter::wrap_output(Vec::new(), age::armor::Format::AsciiArmor)
                 .map_err(|e| e.to_string())?;

@@ -33,10 +33,6 @@ impl Server {
         let mut overrides = vec![
             r#"sip.listen=["udp:127.0.0.1:0","tcp:127.0.0.1:0"]"#.to_string(),
             format!("storage.data_dir=\"{}\"", dir.path().join("data").display()),
-            format!(
-                "privacy.hash_key_file=\"{}\"",
-                dir.path().join("caller-id.key").display()
-            ),
         ];
         overrides.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(bin());
