@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # RTP pacing while the hotline seals many recordings at once: N IVR calls measured as
-# in bench/pacing.sh, while M other callers (examples/bench_seal_load.rs) leave voice
-# messages of R seconds and hang up at the same moment, in the middle of the
+# in bench/pacing.sh for W seconds, while M other callers (examples/bench_seal_load.rs)
+# leave voice messages of R seconds and hang up at the same moment, 3 s into the
 # measurement. Run twice: with storage.recipients set (M recordings sealed at once)
-# and without (the same load stored in clear), then prints how long the M messages
+# and without (the same load stored in clear); also prints how long the M messages
 # took to be stored (sealed and committed) after the hang-up.
-#   bench/seal-pacing.sh [CALLS] [MESSAGES] [RECORD_SECONDS]
+#   bench/seal-pacing.sh [CALLS] [MESSAGES] [RECORD_SECONDS] [WINDOW_SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-calls="${1:-100}"; messages="${2:-100}"; record="${3:-30}"
+calls="${1:-100}"; messages="${2:-100}"; record="${3:-30}"; window="${4:-12}"
 cargo build --release --quiet --example bench_pacing --example bench_seal_load
 cargo build --release --quiet
 work="$(mktemp -d)"; pid=""
@@ -30,12 +30,13 @@ for mode in sealed clear; do
         >"$work/$mode.log" 2>&1 &
     pid=$!
     sleep 1
-    echo "== $mode: $calls calls measured for 60 s; $messages messages of ${record} s end together after about 30 s"
+    echo "== $mode: $calls calls measured for $window s; $messages messages of ${record} s end together 3 s into it"
     target/release/examples/bench_seal_load "127.0.0.1:$port" "$messages" "$hangup" >"$work/load.out" &
     load=$!
-    # Start measuring so that the hang-up falls about 30 s into the 60 s window.
-    sleep "$(python3 -c "print(max(0.0, $hangup - 30))")"
-    target/release/examples/bench_pacing "127.0.0.1:$port" "$calls" 60 &
+    # Start measuring so that the hang-up falls 3 s into the window (dialling the
+    # calls takes a moment too).
+    sleep "$(python3 -c "print(max(0.0, $hangup - 3.5))")"
+    target/release/examples/bench_pacing "127.0.0.1:$port" "$calls" "$window" &
     pacing=$!
     wait "$load"
     hung_up=$(date +%s.%N)

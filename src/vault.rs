@@ -136,3 +136,119 @@ fn open_calls(
     }
     json!({"ok": true, "calls": out})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::SecretText;
+    use age::secrecy::ExposeSecret;
+
+    fn ask(
+        vault: &Vault,
+        command: ControlCommand,
+    ) -> Option<tokio::sync::oneshot::Receiver<serde_json::Value>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        vault
+            .handle(ControlRequest { command, reply })
+            .is_none()
+            .then_some(rx)
+    }
+
+    fn vault_for(recipients: Vec<String>, db: PathBuf) -> Vault {
+        Vault {
+            identities: Arc::default(),
+            recipients,
+            db,
+        }
+    }
+
+    #[tokio::test]
+    async fn unseal_checks_the_identity_and_seal_forgets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = x25519::Identity::generate();
+        let vault = vault_for(vec![id.to_public().to_string()], dir.path().join("h.db"));
+        let secret = id.to_string().expose_secret().to_string();
+        let status = |v: &Vault| ask(v, ControlCommand::SealStatus).unwrap();
+        assert_eq!(status(&vault).await.unwrap()["sealed"], true);
+        for (text, error) in [
+            ("garbage\n".to_string(), "identity: line 1"),
+            (String::new(), "no identity"),
+            (
+                x25519::Identity::generate()
+                    .to_string()
+                    .expose_secret()
+                    .to_string(),
+                "matches none of storage.recipients",
+            ),
+        ] {
+            let r = ask(
+                &vault,
+                ControlCommand::Unseal {
+                    identity: SecretText::new(text),
+                },
+            )
+            .unwrap()
+            .await
+            .unwrap();
+            assert_eq!(r["ok"], false);
+            assert!(r["error"].as_str().unwrap().contains(error), "{r}");
+        }
+        assert!(!vault.is_unsealed());
+        let r = ask(
+            &vault,
+            ControlCommand::Unseal {
+                identity: SecretText::new(secret),
+            },
+        )
+        .unwrap()
+        .await
+        .unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(vault.is_unsealed());
+        assert_eq!(status(&vault).await.unwrap()["sealed"], false);
+        let r = ask(&vault, ControlCommand::Seal).unwrap().await.unwrap();
+        assert_eq!(r["sealed"], true);
+        assert!(!vault.is_unsealed());
+        // Other commands go back to the server loop.
+        assert!(ask(&vault, ControlCommand::Queue).is_none());
+    }
+
+    #[tokio::test]
+    async fn open_calls_needs_an_identity_and_has_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.db");
+        let conn = crate::store::open(&db).unwrap();
+        let id = x25519::Identity::generate();
+        let sealer = seal::Sealer::new(vec![id.to_public()]).unwrap();
+        conn.execute(
+            "INSERT INTO calls (sip_call_id, direction, to_uri, transport, started_at) VALUES ('', 'inbound', 't', 'UDP', 'now')",
+            [],
+        )
+        .unwrap();
+        let blob = sealer
+            .seal_bytes(
+                br#"{"answers":[{"node":"unit","key":"unit","digits":"12345","at":"now"}]}"#,
+            )
+            .unwrap();
+        conn.execute(
+            "INSERT INTO call_sealed (call_id, seq, blob) VALUES (1, 1, ?1)",
+            rusqlite::params![blob],
+        )
+        .unwrap();
+        let vault = vault_for(vec![id.to_public().to_string()], db);
+        let open = |calls: Vec<i64>| ask(&vault, ControlCommand::OpenCalls { calls }).unwrap();
+        let r = open(vec![1]).await.unwrap();
+        assert_eq!(r["ok"], false);
+        assert!(r["error"].as_str().unwrap().starts_with("sealed"), "{r}");
+        *vault.identities.lock().unwrap() = Some(vec![id]);
+        let r = open(vec![1, 2]).await.unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["calls"]["1"]["answers"][0]["digits"], "12345");
+        assert!(r["calls"].get("2").is_none());
+        let r = open((0..MAX_OPEN_CALLS as i64 + 1).collect())
+            .await
+            .unwrap();
+        assert_eq!(r["ok"], false);
+        assert!(r["error"].as_str().unwrap().contains("at most"), "{r}");
+    }
+}

@@ -22,6 +22,8 @@ use std::path::{Component, Path, PathBuf};
 pub const MANIFEST: &str = "MANIFEST.sha256";
 pub const INFO: &str = "backup.json";
 const DB_NAME: &str = "hotline.db";
+/// A manifest line is under 300 bytes; a million recordings fit.
+const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, serde::Serialize)]
 pub struct BackupReport {
@@ -260,6 +262,13 @@ pub struct VerifyReport {
 pub fn verify(dest: &Path) -> Result<VerifyReport, Vec<String>> {
     let mut problems = Vec::new();
     let manifest_path = dest.join(MANIFEST);
+    let too_big = fs::metadata(&manifest_path).is_ok_and(|m| m.len() > MAX_MANIFEST_BYTES);
+    if too_big {
+        return Err(vec![format!(
+            "{}: too large for a manifest",
+            manifest_path.display()
+        )]);
+    }
     let text = match fs::read_to_string(&manifest_path) {
         Ok(t) => t,
         Err(e) => {

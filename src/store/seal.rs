@@ -379,13 +379,24 @@ pub fn spawn_worker<T: Send + 'static>(
     Ok(tx)
 }
 
-/// Nice 10 for the calling thread only (Linux threads have their own nice value):
-/// sealing is bulk work and must not delay the 20 ms media clock.
+/// Nice 10 and the idle I/O class for the calling thread only (Linux threads have
+/// their own): sealing is bulk work and must not delay the 20 ms media clock or the
+/// store writer's commits.
 fn lower_thread_priority() {
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id.
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: gettid has no preconditions; setpriority and ioprio_set act on our own
+    // thread id and take plain integers.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        let tid = libc::syscall(libc::SYS_gettid);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        );
     }
 }
 
@@ -557,6 +568,39 @@ mod tests {
         open_file(&[id], &day.join("x-voicemail.wav.age"), &mut x).unwrap();
         let wav = hound::WavReader::new(&x[..]).unwrap();
         assert_eq!(wav.len(), 3, "the header was repaired before sealing");
+    }
+
+    #[test]
+    fn the_worker_seals_at_low_cpu_and_io_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_id, sealer) = keypair();
+        let wav = dir.path().join("w.wav");
+        fs::write(&wav, b"RIFF....WAVE").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let jobs = spawn_worker(sealer, move |tag: u32, result| {
+            // Runs on the worker thread.
+            // SAFETY: plain queries about the calling thread.
+            let (nice, ioprio) = unsafe {
+                let tid = libc::syscall(libc::SYS_gettid);
+                (
+                    libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t),
+                    libc::syscall(libc::SYS_ioprio_get, 1 as libc::c_long, tid),
+                )
+            };
+            tx.send((tag, result.map(|s| s.path), nice, ioprio >> 13))
+                .unwrap();
+        })
+        .unwrap();
+        jobs.send(SealJob {
+            plain: wav.clone(),
+            context: 7,
+        })
+        .unwrap();
+        let (tag, path, nice, class) = rx.recv().unwrap();
+        assert_eq!(tag, 7);
+        assert_eq!(path.unwrap(), sealed_path_of(&wav));
+        assert_eq!(nice, 10);
+        assert_eq!(class, 3, "idle I/O class");
     }
 
     #[test]
