@@ -413,6 +413,29 @@ fn a_sealed_call_leaves_nothing_readable_and_opens_with_the_offline_key() {
         ["greeting", "situation", "zone", "unit", "operator_queue"]
     );
     assert!(path.contains(&"voicemail"));
+    // Voice messages list their call's answers the same way.
+    let o = server.cli(&["voicemails", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let vms: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        vms[0]["answers"].as_object().unwrap().is_empty(),
+        "{}",
+        vms[0]
+    );
+    let o = cli_input(
+        &server,
+        &[
+            "voicemails",
+            "--json",
+            "--identity",
+            &plain.display().to_string(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let vms: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(vms[0]["answers"]["unit"], "12345", "{}", vms[0]);
+    assert!(vms[0]["path"].as_str().unwrap().ends_with(".wav.age"));
     // A wrong passphrase is a clear error.
     let o = cli_input(
         &server,
