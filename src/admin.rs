@@ -207,15 +207,17 @@ fn export_inner(
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let data_dir = std::fs::canonicalize(&cfg.storage.data_dir)
         .map_err(|e| format!("{}: {e}", cfg.storage.data_dir.display()))?;
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let parent =
-            std::fs::canonicalize(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        if parent.starts_with(&data_dir) {
-            return Err(format!(
-                "{}: inside the data directory; decrypted copies must go elsewhere",
-                out.display()
-            ));
-        }
+    // A relative DIR has the working directory as its parent: check that too.
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let parent = std::fs::canonicalize(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    if parent.starts_with(&data_dir) {
+        return Err(format!(
+            "{}: inside the data directory; decrypted copies must go elsewhere",
+            out.display()
+        ));
     }
     if std::fs::read_dir(out)
         .map(|mut d| d.next().is_some())

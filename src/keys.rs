@@ -18,6 +18,22 @@ const SCRYPT_WORK_FACTOR: u8 = 18;
 /// Largest identity file read (one holds a few hundred bytes).
 const MAX_IDENTITY_FILE: u64 = 64 * 1024;
 
+/// Stops this process from writing core dumps, which would put a decrypted identity
+/// or decrypted answers on disk. Called before any secret is read or received.
+pub fn no_core_dumps() {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit with a valid rlimit on this process.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
+        tracing::warn!(
+            "cannot disable core dumps: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Reads a passphrase: from the terminal when stdin is one (asking twice when
 /// `confirm`), else one line from stdin, for scripts.
 pub fn read_passphrase(prompt: &str, confirm: bool) -> Result<SecretString, String> {
@@ -124,6 +140,7 @@ pub fn read_identity_text(
     path: &Path,
     passphrase: impl FnOnce() -> Result<SecretString, String>,
 ) -> Result<Zeroizing<String>, String> {
+    no_core_dumps();
     let name = path.display();
     let mut bytes = Zeroizing::new(Vec::new());
     std::fs::File::open(path)
@@ -225,6 +242,17 @@ mod tests {
         .unwrap();
         let ids = load_identities(&path, || Err("not asked".into())).unwrap();
         assert_eq!(ids.len(), 1);
+        let mut core = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: 1,
+        };
+        // SAFETY: getrlimit into a valid rlimit.
+        unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut core) };
+        assert_eq!(
+            (core.rlim_cur, core.rlim_max),
+            (0, 0),
+            "no core dumps once a key is read"
+        );
         std::fs::write(&path, b"\xff\xfe garbage").unwrap();
         assert!(load_identities(&path, || Err("not asked".into())).is_err());
         // An age file encrypted to a key is not an identity file.

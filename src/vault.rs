@@ -80,6 +80,7 @@ impl Vault {
         if self.recipients.is_empty() {
             return json!({"ok": false, "error": "sealing is off here (storage.recipients is empty): there is nothing to unseal"});
         }
+        crate::keys::no_core_dumps();
         let ids = match seal::parse_identities(text) {
             Ok(ids) => ids,
             Err(e) => return json!({"ok": false, "error": format!("identity: {e}")}),

@@ -645,6 +645,17 @@ fn unseal_and_seal_over_the_control_socket() {
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(status(&server).starts_with("unsealed"));
+    let pid = server.child.as_ref().unwrap().id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().nth(4),
+        Some("0"),
+        "no core dumps while unsealed: {core}"
+    );
     let c = &server.calls_json()[0];
     assert_eq!(c["sealed"], "opened", "the running server opens them");
     assert_eq!(c["answers"]["status"], "1");

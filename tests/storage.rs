@@ -325,6 +325,16 @@ fn online_backup_with_20_active_calls_restores_and_verifies() {
         text(&o)
     );
     assert!(!inside.exists());
+    // A relative directory, from inside the data directory, is refused too.
+    let mut cmd = Command::new(common::bin());
+    cmd.args(["export", "--identity", &key_arg, "--out", "case"])
+        .current_dir(server.data_dir().join("recordings"));
+    for o in &server.overrides {
+        cmd.arg("--set").arg(o);
+    }
+    let o = cmd.output().unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!server.data_dir().join("recordings/case").exists());
 
     // Clean shutdown: the WAL is checkpointed, hotline.db alone holds everything.
     let all_before = server.calls_json();
