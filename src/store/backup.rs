@@ -150,6 +150,8 @@ pub fn backup(db: &Path, data_dir: &Path, dest: &Path) -> Result<BackupReport, S
     // A self-contained file: no -wal to go with it.
     dst.pragma_update(None, "journal_mode", "DELETE")
         .map_err(|e| format!("{}: {e}", dest_db.display()))?;
+    // Rows from before paths were relative would tie the copy to this directory.
+    super::startup::relativize_paths(&dst, &data_dir).map_err(|e| e.to_string())?;
     let calls: i64 = dst
         .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;

@@ -129,14 +129,16 @@ fn point_rows_at(
 
 /// Rows written before paths were stored relative name files under the data
 /// directory by absolute path; make them relative.
-fn relativize_paths(conn: &Connection, data_dir: &Path) -> rusqlite::Result<usize> {
+pub(crate) fn relativize_paths(conn: &Connection, data_dir: &Path) -> rusqlite::Result<usize> {
     let Ok(base) = std::fs::canonicalize(data_dir) else {
         return Ok(0);
     };
     let prefix = format!("{}/", base.to_string_lossy().trim_end_matches('/'));
+    // SQLite's substr counts characters, not bytes (a Cyrillic directory name).
+    let chars = prefix.chars().count() as i64;
     conn.execute(
         "UPDATE recordings SET path = substr(path, ?2) WHERE substr(path, 1, ?3) = ?1",
-        params![prefix, prefix.len() as i64 + 1, prefix.len() as i64],
+        params![prefix, chars + 1, chars],
     )
 }
 
@@ -146,7 +148,10 @@ mod tests {
 
     #[test]
     fn absolute_paths_under_the_data_directory_become_relative() {
-        let dir = tempfile::tempdir().unwrap();
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("горячая линия");
+        std::fs::create_dir(&dir).unwrap();
+        let dir = &tempfile::TempDir::new_in(&dir).unwrap();
         let conn = super::super::open(&dir.path().join("hotline.db")).unwrap();
         conn.execute(
             "INSERT INTO calls (sip_call_id, direction, to_uri, transport, started_at) VALUES ('x', 'inbound', 't', 'UDP', 'now')",
