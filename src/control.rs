@@ -40,6 +40,42 @@ pub enum ControlCommand {
     OperatorsChanged,
     /// Calls in progress and the SIP side's counters.
     Status,
+    /// Hold this age identity (`AGE-SECRET-KEY-1…` lines) in memory to open sealed
+    /// call details (`hotline unseal`).
+    Unseal { identity: SecretText },
+    /// Forget the identity (`hotline seal`).
+    Seal,
+    /// Whether sealing is on and whether the server holds an identity.
+    SealStatus,
+    /// The sealed details of these calls (database ids), opened with the identity.
+    OpenCalls { calls: Vec<i64> },
+}
+
+/// A secret carried in a request: never printed by `Debug`, wiped when dropped.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+#[serde(transparent)]
+pub struct SecretText(String);
+
+impl SecretText {
+    pub fn new(s: String) -> Self {
+        SecretText(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(..)")
+    }
+}
+
+impl Drop for SecretText {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 /// One parsed request; the server answers through `reply` with a JSON object
@@ -171,11 +207,17 @@ async fn serve_connection(
         Ok(Err(e)) => return Err(e),
         Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => error_reply("request longer than 64 KiB"),
         // A line ended by the newline or by the client closing its side.
-        Ok(Ok(_)) => match serde_json::from_slice::<ControlCommand>(&line) {
-            Err(e) => error_reply(format!("bad request: {e}")),
-            Ok(command) => ask_server(command, &tx).await,
-        },
+        Ok(Ok(_)) => {
+            let parsed = serde_json::from_slice::<ControlCommand>(&line);
+            // The line may carry an identity (unseal): wipe it as soon as it is parsed.
+            zeroize::Zeroize::zeroize(&mut line);
+            match parsed {
+                Err(e) => error_reply(format!("bad request: {e}")),
+                Ok(command) => ask_server(command, &tx).await,
+            }
+        }
     };
+    zeroize::Zeroize::zeroize(&mut line);
     drop(reader);
     let mut out = serde_json::to_vec(&reply).unwrap_or_default();
     out.push(b'\n');
@@ -235,8 +277,9 @@ pub fn request(path: &Path, command: &ControlCommand) -> Result<serde_json::Valu
         }
         Err(e) => return Err(io(e)),
     };
-    let mut line =
-        serde_json::to_vec(command).map_err(|e| ControlError::BadReply(e.to_string()))?;
+    let mut line = zeroize::Zeroizing::new(
+        serde_json::to_vec(command).map_err(|e| ControlError::BadReply(e.to_string()))?,
+    );
     line.push(b'\n');
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
     stream.write_all(&line).map_err(io)?;
@@ -301,6 +344,7 @@ mod tests {
                     ControlCommand::OperatorsChanged | ControlCommand::Status => {
                         json!({"ok": true})
                     }
+                    _ => json!({"ok": false, "error": "not here"}),
                 };
                 seen.push(req.command);
                 let _ = req.reply.send(reply);
@@ -348,6 +392,22 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&ControlCommand::OperatorsChanged).unwrap(),
             r#"{"cmd":"operators_changed"}"#
+        );
+        let unseal = ControlCommand::Unseal {
+            identity: SecretText::new("AGE-SECRET-KEY-1XYZ".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&unseal).unwrap(),
+            r#"{"cmd":"unseal","identity":"AGE-SECRET-KEY-1XYZ"}"#
+        );
+        assert!(
+            !format!("{unseal:?}").contains("AGE-SECRET"),
+            "Debug never shows the identity"
+        );
+        assert_eq!(
+            serde_json::from_str::<ControlCommand>(r#"{"cmd":"open_calls","calls":[1,2]}"#)
+                .unwrap(),
+            ControlCommand::OpenCalls { calls: vec![1, 2] }
         );
     }
 

@@ -1,12 +1,15 @@
 //! hotline: a SIP voice hotline. See docs/architecture.md for the map.
 
 pub mod accounts;
+pub mod admin;
 pub mod app;
 pub mod call;
 pub mod config;
 pub mod control;
 pub mod driver;
 pub mod ivr;
+pub mod keys;
+pub mod maintenance;
 pub mod media;
 pub mod privacy;
 pub mod prompts;
@@ -17,3 +20,5 @@ pub mod serve;
 pub mod sip;
 pub mod store;
 pub mod uac;
+pub mod vault;
+pub mod wav;

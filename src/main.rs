@@ -1,4 +1,5 @@
-//! Command line: `serve`, `check`, `calls`, `voicemails`, `operator`, `queue`, `call`.
+//! Command line: `serve`, `check`, `calls`, `voicemails`, `operator`, `queue`, `call`,
+//! and for stored data `keys`, `unseal`, `seal`, `export`, `backup`, `purge`.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hotline::config::{Config, LogFormat};
@@ -53,6 +54,10 @@ enum Command {
         /// versions). A code with a wrong or swapped digit is refused as invalid.
         #[arg(long, value_name = "CODE")]
         reference: Option<String>,
+        /// Open sealed answers with this age identity file (else: only while the
+        /// running server is unsealed).
+        #[arg(long)]
+        identity: Option<PathBuf>,
     },
     /// List voice messages, newest first.
     Voicemails {
@@ -60,6 +65,48 @@ enum Command {
         json: bool,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Open sealed answers with this age identity file.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Offline keys for sealed storage.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Hand an identity to the running server (memory only) so that `calls` shows
+    /// sealed answers. The passphrase is asked on the terminal, or read from stdin.
+    Unseal {
+        #[arg(long)]
+        identity: PathBuf,
+    },
+    /// Make the running server forget the identity.
+    Seal,
+    /// Write decrypted copies of calls and recordings into a new directory (a case
+    /// file), outside the data directory.
+    Export {
+        #[arg(long)]
+        identity: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this call (database id; repeatable). Default: every call.
+        #[arg(long = "call")]
+        calls: Vec<i64>,
+    },
+    /// Online backup of the database and recordings into a new directory, or check one.
+    Backup {
+        dest: PathBuf,
+        /// Check an existing backup instead of taking one.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Delete recordings and calls past their retention now (the server does it hourly).
+    Purge {
+        /// List what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Operator accounts (add, list, remove, passwd) and states.
     Operator {
@@ -98,6 +145,9 @@ enum Command {
         /// Record what the caller hears into this WAV file.
         #[arg(long)]
         record: Option<PathBuf>,
+        /// The caller's user part in From (e.g. a phone number).
+        #[arg(long, default_value = "hotline-test")]
+        from: String,
     },
 }
 
@@ -115,6 +165,22 @@ enum PromptsCommand {
     /// prompts directory: 8 kHz mono, trimmed, brought to the loudness target.
     Import {
         dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a passphrase-protected age identity; prints its recipient (for
+    /// storage.recipients). The passphrase is asked twice on the terminal, or read
+    /// once from stdin.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Whether the running server is sealed.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -222,8 +288,26 @@ fn main() -> ExitCode {
             json,
             limit,
             reference,
-        } => calls(&cfg, json, limit, reference.as_deref()),
-        Command::Voicemails { json, limit } => voicemails(&cfg, json, limit),
+            identity,
+        } => calls(&cfg, json, limit, reference.as_deref(), identity.as_deref()),
+        Command::Voicemails {
+            json,
+            limit,
+            identity,
+        } => voicemails(&cfg, json, limit, identity.as_deref()),
+        Command::Keys { command } => match command {
+            KeysCommand::Generate { out } => hotline::admin::keys_generate(&out),
+            KeysCommand::Status { json } => hotline::admin::keys_status(&cfg, json),
+        },
+        Command::Unseal { identity } => hotline::admin::unseal(&cfg, &identity),
+        Command::Seal => hotline::admin::seal_now(&cfg),
+        Command::Export {
+            identity,
+            out,
+            calls,
+        } => hotline::admin::export(&cfg, &identity, &out, &calls),
+        Command::Backup { dest, verify } => hotline::admin::backup(&cfg, &dest, verify),
+        Command::Purge { dry_run, json } => hotline::admin::purge(&cfg, dry_run, json),
         Command::Operator { command } => operator(&cfg, command),
         Command::Queue { json } => queue(&cfg, json),
         Command::Status { json } => status(&cfg, json),
@@ -235,6 +319,7 @@ fn main() -> ExitCode {
             dtmf_mode,
             play,
             record,
+            from,
         } => {
             let dtmf = match hotline::uac::parse_dtmf_schedule(&dtmf) {
                 Ok(d) => d,
@@ -263,6 +348,7 @@ fn main() -> ExitCode {
                 dtmf_mode,
                 play,
                 record,
+                from,
             };
             match rt.block_on(hotline::uac::run(opts)) {
                 Ok(summary) => {
@@ -378,6 +464,11 @@ fn check(cfg: &Config, file: &str, paths: bool, json: bool) -> ExitCode {
             prompts.len()
         );
     }
+    if !cfg.sealing() {
+        eprintln!(
+            "hotline: warning: {file}: storage.recipients is empty: recordings and answers are stored in clear (see docs/privacy.md)"
+        );
+    }
     ExitCode::SUCCESS
 }
 
@@ -434,7 +525,20 @@ fn prompts(cfg: &Config, command: PromptsCommand) -> ExitCode {
     }
 }
 
-fn calls(cfg: &Config, json: bool, limit: usize, reference: Option<&str>) -> ExitCode {
+fn calls(
+    cfg: &Config,
+    json: bool,
+    limit: usize,
+    reference: Option<&str>,
+    identity: Option<&std::path::Path>,
+) -> ExitCode {
+    let identity = match hotline::admin::identity_arg(identity) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("hotline: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let reference = match reference.map(hotline::reference::parse) {
         None => None,
         Some(Ok(r)) => Some(r),
@@ -469,13 +573,20 @@ fn calls(cfg: &Config, json: bool, limit: usize, reference: Option<&str>) -> Exi
             | hotline::reference::Reference::Legacy(code),
         ) => hotline::store::calls_by_reference(&conn, code),
     };
-    let rows = match found {
+    let mut rows = match found {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hotline: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
+    for r in rows.iter_mut() {
+        hotline::store::details::resolve_paths(&mut r.recordings, &cfg.storage.data_dir);
+    }
+    if let Err(e) = hotline::admin::open_rows(cfg, &conn, &mut rows, identity.as_deref()) {
+        eprintln!("hotline: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(reference) = &reference {
         let (hotline::reference::Reference::Valid(code)
         | hotline::reference::Reference::Legacy(code)) = reference;
@@ -518,7 +629,19 @@ fn calls(cfg: &Config, json: bool, limit: usize, reference: Option<&str>) -> Exi
     ExitCode::SUCCESS
 }
 
-fn voicemails(cfg: &Config, json: bool, limit: usize) -> ExitCode {
+fn voicemails(
+    cfg: &Config,
+    json: bool,
+    limit: usize,
+    identity: Option<&std::path::Path>,
+) -> ExitCode {
+    let identity = match hotline::admin::identity_arg(identity) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("hotline: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let path = cfg.database_path();
     let conn = match hotline::store::open_existing(&path) {
         Ok(Some(c)) => c,
@@ -531,7 +654,35 @@ fn voicemails(cfg: &Config, json: bool, limit: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match hotline::store::list_voicemails(&conn, limit) {
+    let rows = hotline::store::list_voicemails(&conn, limit).and_then(|mut rows| {
+        let mut single = Vec::new();
+        for v in rows.iter_mut() {
+            let mut one = [v.recording.clone()];
+            hotline::store::details::resolve_paths(&mut one, &cfg.storage.data_dir);
+            v.recording.path = one[0].path.clone();
+            single.push(v.call_id);
+        }
+        let sealed = hotline::store::details::load_blobs(&conn, &single)?;
+        let ids: Vec<i64> = sealed.keys().copied().collect();
+        match hotline::admin::open_details(cfg, &conn, &ids, identity.as_deref()) {
+            Ok(opened) => {
+                for v in rows.iter_mut() {
+                    if let Some(d) = opened.get(&v.call_id) {
+                        for a in &d.answers {
+                            v.answers
+                                .insert(a.key.clone(), serde_json::Value::String(a.digits.clone()));
+                        }
+                    }
+                }
+            }
+            Err(e) if !ids.is_empty() => {
+                eprintln!("hotline: answers stay sealed ({e}); pass --identity FILE or run hotline unseal")
+            }
+            Err(_) => {}
+        }
+        Ok(rows)
+    });
+    match rows {
         Ok(rows) if json => {
             println!(
                 "{}",

@@ -2,23 +2,33 @@
 //!
 //! Owns the keyed hash (HMAC-SHA-256 with a secret kept in a file outside the
 //! database: a plain or salted-in-database hash of a phone number is reversed by
-//! trying every number) and the key file's creation. Must not store anything itself.
+//! trying every number), the key file's creation and its rotation. Must not store
+//! anything itself.
 
 use crate::config::CallerIdPolicy;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use zeroize::Zeroizing;
 
+/// Clones share the key, so a rotation reaches every user of the filter at once.
 #[derive(Clone)]
 pub struct CallerIdFilter {
     policy: CallerIdPolicy,
-    key: Vec<u8>,
+    key: Arc<RwLock<Zeroizing<Vec<u8>>>>,
+    key_file: Option<PathBuf>,
 }
 
 impl CallerIdFilter {
     pub fn new(policy: CallerIdPolicy, key: Vec<u8>) -> Self {
-        CallerIdFilter { policy, key }
+        CallerIdFilter {
+            policy,
+            key: Arc::new(RwLock::new(Zeroizing::new(key))),
+            key_file: None,
+        }
     }
 
     /// Loads the key for `hash` (creating it, mode 0600, when missing); other
@@ -44,7 +54,54 @@ impl CallerIdFilter {
                 .map_err(|e| format!("{}: cannot create key file: {e}", key_file.display()))?,
             Err(e) => return Err(format!("{}: cannot read key file: {e}", key_file.display())),
         };
-        Ok(CallerIdFilter::new(policy, key))
+        let mut filter = CallerIdFilter::new(policy, key);
+        filter.key_file = Some(key_file.to_path_buf());
+        Ok(filter)
+    }
+
+    /// Replaces the key when the key file is older than `max_age` (by its modification
+    /// time): the new key is written over the old one in place, so the old bytes do
+    /// not stay behind in a freed block, and the old key is wiped from memory. After
+    /// this, callers hash to new values and cannot be linked to earlier calls.
+    /// Returns whether the key was replaced.
+    /// `rng` makes the new key.
+    pub fn rotate_if_due(
+        &self,
+        now: SystemTime,
+        max_age: Duration,
+        rng: &mut dyn rand::RngCore,
+    ) -> Result<bool, String> {
+        let Some(path) = self.key_file.as_deref() else {
+            return Ok(false);
+        };
+        if self.policy != CallerIdPolicy::Hash || max_age.is_zero() {
+            return Ok(false);
+        }
+        let err = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", path.display());
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| err("cannot read key file", e))?;
+        if now.duration_since(modified).unwrap_or_default() < max_age {
+            return Ok(false);
+        }
+        let mut new = Zeroizing::new(vec![0u8; 32]);
+        rng.fill_bytes(&mut new);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| err("cannot open key file", e))?;
+        f.write_all(&new)
+            .and_then(|_| f.set_len(new.len() as u64))
+            .and_then(|_| f.sync_all())
+            .and_then(|_| f.set_modified(now))
+            .map_err(|e| err("cannot write key file", e))?;
+        let mut key = self
+            .key
+            .write()
+            .map_err(|_| "caller-ID key lock poisoned")?;
+        // The old key is zeroized when its Zeroizing wrapper drops here.
+        *key = new;
+        Ok(true)
     }
 
     pub fn policy(&self) -> CallerIdPolicy {
@@ -57,7 +114,8 @@ impl CallerIdFilter {
             CallerIdPolicy::Keep => Some(identity.to_string()),
             CallerIdPolicy::Drop => None,
             CallerIdPolicy::Hash => {
-                let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).ok()?;
+                let key = self.key.read().ok()?;
+                let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
                 mac.update(identity.as_bytes());
                 let digest = mac.finalize().into_bytes();
                 Some(format!("hmac:{}", hex::encode(&digest[..16])))
@@ -116,5 +174,53 @@ mod tests {
         let again =
             CallerIdFilter::load(CallerIdPolicy::Hash, &path, &mut rand::rngs::OsRng).unwrap();
         assert_eq!(f.apply("x"), again.apply("x"));
+    }
+
+    #[test]
+    fn the_key_is_rotated_on_schedule_and_the_old_one_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("caller-id.key");
+        let day = Duration::from_secs(86_400);
+        let f = CallerIdFilter::load(CallerIdPolicy::Hash, &path, &mut rand::rngs::OsRng).unwrap();
+        let shared = f.clone();
+        let old_key = std::fs::read(&path).unwrap();
+        let before = f.apply("+79161234567").unwrap();
+        let created = std::fs::metadata(&path).unwrap().modified().unwrap();
+        // Six days later: not yet due.
+        assert!(!f
+            .rotate_if_due(created + 6 * day, 7 * day, &mut rand::rngs::OsRng)
+            .unwrap());
+        assert_eq!(f.apply("+79161234567").unwrap(), before);
+        // Eight days later: replaced, in the file and in every clone.
+        let now = created + 8 * day;
+        assert!(f
+            .rotate_if_due(now, 7 * day, &mut rand::rngs::OsRng)
+            .unwrap());
+        let after = shared.apply("+79161234567").unwrap();
+        assert_ne!(
+            after, before,
+            "repeat callers no longer link across the rotation"
+        );
+        let new_key = std::fs::read(&path).unwrap();
+        assert_eq!(new_key.len(), 32);
+        assert_ne!(new_key, old_key);
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), now);
+        // A restart reads the new key.
+        let reloaded =
+            CallerIdFilter::load(CallerIdPolicy::Hash, &path, &mut rand::rngs::OsRng).unwrap();
+        assert_eq!(reloaded.apply("+79161234567").unwrap(), after);
+        // Not due again until another full period has passed.
+        assert!(!f
+            .rotate_if_due(now + 6 * day, 7 * day, &mut rand::rngs::OsRng)
+            .unwrap());
+        // 0 = never; other policies have no key.
+        assert!(!f
+            .rotate_if_due(now + 100 * day, Duration::ZERO, &mut rand::rngs::OsRng)
+            .unwrap());
+        let drop =
+            CallerIdFilter::load(CallerIdPolicy::Drop, &path, &mut rand::rngs::OsRng).unwrap();
+        assert!(!drop
+            .rotate_if_due(now + 100 * day, day, &mut rand::rngs::OsRng)
+            .unwrap());
     }
 }

@@ -78,6 +78,8 @@ pub struct CallOptions {
     pub dtmf_mode: DigitMode,
     pub play: Option<PathBuf>,
     pub record: Option<PathBuf>,
+    /// The user part of From (the caller's "number").
+    pub from: String,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -181,7 +183,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
             local,
         },
         &opts.target,
-        "hotline-test",
+        &opts.from,
     );
     let mut summary = CallSummary {
         target: opts.target.clone(),

@@ -12,16 +12,36 @@ const LAYERS: &[&[&str]] = &[
     // Shared data: types every layer uses, and the configuration.
     &["call", "config"],
     // Small protocol helpers used by the cores.
-    &["sdp", "privacy", "reference"],
+    &["sdp", "privacy", "reference", "wav"],
     // Protocol cores (sans-IO) with their thin tokio sides, and storage.
     &["sip", "media", "ivr", "queue", "store"],
     // Hosts: call logic that joins the cores; tools on the cores' data.
     &["accounts", "app", "prompts"],
     // The shell: drivers, sockets, the control socket, start-up.
-    &["control", "driver", "uac", "serve"],
+    &[
+        "control",
+        "driver",
+        "uac",
+        "serve",
+        "admin",
+        "keys",
+        "vault",
+        "maintenance",
+    ],
 ];
 
-const SAME_LAYER: &[(&str, &str)] = &[("serve", "control"), ("serve", "driver"), ("uac", "driver")];
+const SAME_LAYER: &[(&str, &str)] = &[
+    ("serve", "control"),
+    ("serve", "driver"),
+    ("serve", "vault"),
+    ("serve", "maintenance"),
+    ("uac", "driver"),
+    ("admin", "control"),
+    ("admin", "keys"),
+    ("admin", "vault"),
+    ("vault", "control"),
+    ("vault", "keys"),
+];
 
 /// Files of the I/O shell: the only ones that may read a clock or OS randomness.
 const SHELL_FILES: &[&str] = &[
@@ -33,6 +53,10 @@ const SHELL_FILES: &[&str] = &[
     "src/media/engine.rs",
     "src/media/recording_sink.rs",
     "src/store/writer.rs",
+    "src/admin.rs",
+    "src/keys.rs",
+    "src/vault.rs",
+    "src/maintenance.rs",
 ];
 const SHELL_DIRS: &[&str] = &["src/serve/"];
 

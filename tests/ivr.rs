@@ -14,25 +14,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The shipped flow with short prompts and timeouts, so silent callers reach the
-/// fallbacks in seconds rather than minutes. Same nodes, same logic.
-fn quick_flow(dir: &Path) -> String {
-    let flow = std::fs::read_to_string(root().join("config/ivr.toml")).expect("ivr.toml");
-    let flow = flow
-        .replace(
-            r#"prompts = ["greeting", "keys_hint"]"#,
-            r#"prompts = ["language_note"]"#,
-        )
-        .replace(
-            r#"prompts = ["situation_menu"]"#,
-            r#"prompts = ["zone_menu"]"#,
-        )
-        .replace("first_digit_timeout = 6", "first_digit_timeout = 2")
-        .replace("first_digit_timeout = 10", "first_digit_timeout = 2");
-    let path = dir.join("ivr-quick.toml");
-    std::fs::write(&path, flow).expect("write flow");
-    format!("ivr.flow=\"{}\"", path.display())
-}
+use common::quick_flow;
 
 fn server_with_quick_flow(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -314,7 +314,6 @@ fn invite_and_bye_survive_thirty_percent_loss() {
         jitter: Duration::from_millis(60),
         sip_loss: 0.3,
         rtp_loss: 0.05,
-        ..NetConfig::default()
     };
     let mut sim = Sim::new(net);
     let phones: Vec<usize> = (0..20).map(|_| sim.add_phone()).collect();

@@ -34,6 +34,8 @@ pub struct Config {
     pub queue: QueueConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub source: String,
@@ -298,6 +300,30 @@ impl<'de> Deserialize<'de> for PortRange {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    /// age X25519 recipients (`age1…`) that recordings and call details are sealed to;
+    /// empty = stored in clear.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
+/// How long recordings and calls are kept (days; fractions allowed; 0 = forever).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub recordings_days: f64,
+    pub calls_days: f64,
+    /// How often the running server purges (and checks the caller-ID key's age).
+    pub purge_interval_s: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            recordings_days: 0.0,
+            calls_days: 0.0,
+            purge_interval_s: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -348,12 +374,12 @@ pub enum CallerIdPolicy {
 #[serde(deny_unknown_fields)]
 pub struct PrivacyConfig {
     pub caller_id: CallerIdPolicy,
-    #[serde(default = "default_key_file")]
-    pub hash_key_file: PathBuf,
-}
-
-fn default_key_file() -> PathBuf {
-    PathBuf::from("data/caller-id.key")
+    /// Default: `caller-id.key` in `storage.data_dir`.
+    #[serde(default)]
+    pub hash_key_file: Option<PathBuf>,
+    /// Replace the caller-ID hash key after this many days (0 = never).
+    #[serde(default)]
+    pub hash_key_rotate_days: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -540,6 +566,33 @@ impl Config {
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir".into(), "must not be empty".into()));
         }
+        if let Err((i, problem)) = parse_recipients(&self.storage.recipients) {
+            return Err((format!("storage.recipients[{i}]"), problem));
+        }
+        for (key, days) in [
+            ("retention.recordings_days", self.retention.recordings_days),
+            ("retention.calls_days", self.retention.calls_days),
+            (
+                "privacy.hash_key_rotate_days",
+                self.privacy.hash_key_rotate_days,
+            ),
+        ] {
+            if !(days.is_finite() && (0.0..=36_500.0).contains(&days)) {
+                return Err((
+                    key.into(),
+                    "must be a number of days from 0 (never) to 36500".into(),
+                ));
+            }
+        }
+        if !(1..=86_400).contains(&self.retention.purge_interval_s) {
+            return Err((
+                "retention.purge_interval_s".into(),
+                "must be between 1 and 86400".into(),
+            ));
+        }
+        if self.hash_key_path().as_os_str().is_empty() {
+            return Err(("privacy.hash_key_file".into(), "must not be empty".into()));
+        }
         let op = &self.operators;
         if op.realm.is_empty() || !op.realm.chars().all(|c| c.is_ascii_graphic() && c != '"') {
             return Err((
@@ -639,6 +692,19 @@ impl Config {
     pub fn recordings_dir(&self) -> PathBuf {
         self.storage.data_dir.join("recordings")
     }
+
+    /// The caller-ID hash key: `privacy.hash_key_file`, else in the data directory.
+    pub fn hash_key_path(&self) -> PathBuf {
+        self.privacy
+            .hash_key_file
+            .clone()
+            .unwrap_or_else(|| self.storage.data_dir.join("caller-id.key"))
+    }
+
+    /// Whether recordings and call details are sealed (`storage.recipients` set).
+    pub fn sealing(&self) -> bool {
+        !self.storage.recipients.is_empty()
+    }
 }
 
 /// Applies one `KEY=VALUE` override. VALUE is read as a TOML value; a bare word that
@@ -670,6 +736,21 @@ fn apply_override(table: &mut toml::Table, ov: &str) -> Result<(), String> {
     }
     cur.insert(last.to_string(), value);
     Ok(())
+}
+
+/// `storage.recipients` as age X25519 recipients; Err names the entry and the problem.
+pub fn parse_recipients(list: &[String]) -> Result<Vec<age::x25519::Recipient>, (usize, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.trim().parse::<age::x25519::Recipient>().map_err(|e| {
+                (
+                    i,
+                    format!("\"{s}\" is not an age X25519 recipient (age1…): {e}"),
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -733,6 +814,36 @@ mod tests {
 
         let e = load(&["limits.max_calls=100000"]).unwrap_err();
         assert_eq!(e.key, "limits.max_calls");
+    }
+
+    #[test]
+    fn sealing_retention_and_key_settings() {
+        let c = load(&[]).unwrap();
+        assert!(!c.sealing());
+        assert_eq!(c.hash_key_path(), PathBuf::from("data/caller-id.key"));
+        let c = load(&["storage.data_dir=\"/srv/h\""]).unwrap();
+        assert_eq!(
+            c.hash_key_path(),
+            PathBuf::from("/srv/h/caller-id.key"),
+            "the key follows the data directory"
+        );
+        let id = age::x25519::Identity::generate().to_public().to_string();
+        let c = load(&[
+            &format!("storage.recipients=[\"{id}\"]"),
+            "retention.recordings_days=0.0001",
+            "retention.calls_days=30",
+            "privacy.hash_key_rotate_days=7.5",
+        ])
+        .unwrap();
+        assert!(c.sealing());
+        assert_eq!(c.retention.recordings_days, 0.0001);
+        let e = load(&[&format!("storage.recipients=[\"{id}\", \"age1bad\"]")]).unwrap_err();
+        assert_eq!(e.key, "storage.recipients[1]");
+        assert!(e.problem.contains("not an age X25519 recipient"), "{e}");
+        let e = load(&["retention.calls_days=-1"]).unwrap_err();
+        assert_eq!(e.key, "retention.calls_days");
+        let e = load(&["privacy.hash_key_rotate_days=nan"]).unwrap_err();
+        assert_eq!(e.key, "privacy.hash_key_rotate_days");
     }
 
     #[test]

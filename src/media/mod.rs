@@ -11,7 +11,6 @@ pub mod g711;
 pub mod inband;
 pub mod level;
 pub mod prompt;
-pub mod recorder;
 pub mod recording_sink;
 pub mod reorder;
 pub mod rfc4733;

@@ -9,8 +9,8 @@
 //! `SinkResult`. Must not decide anything about calls.
 
 use super::core::{RecordingId, SinkCommand, SinkResult};
-use super::recorder::{RecorderConfig, WavRecorder};
 use crate::call::Channels;
+use crate::wav::{RecorderConfig, WavRecorder};
 use std::collections::HashMap;
 use std::sync::mpsc;
 

@@ -136,7 +136,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         })?;
     let filter = CallerIdFilter::load(
         cfg.privacy.caller_id,
-        &cfg.privacy.hash_key_file,
+        &cfg.hash_key_path(),
         &mut rand::rngs::OsRng,
     )
     .map_err(anyhow::Error::msg)?;
@@ -145,29 +145,16 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         Box::new(move |a: &str| f.apply(a)) as store::AddrFilter
     };
     let (store_events_tx, mut store_events) = mpsc::unbounded_channel();
-    let store_tx = store::spawn_writer(
-        cfg.database_path(),
+    let store_tx = store::startup::start(
+        &cfg,
         addr_filter,
         Box::new(move |ev| {
             let _ = store_events_tx.send(ev);
         }),
         SystemTime::now(),
-    )
-    .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
-    // Recordings cut short by a crash or power loss get their WAV header repaired.
-    if let Ok(reports) = crate::media::recorder::repair_dir_recursive(cfg.recordings_dir()) {
-        for r in reports {
-            match &r.result {
-                Ok(crate::media::recorder::RepairOutcome::AlreadyValid) => {}
-                Ok(outcome) => {
-                    tracing::warn!(path = %r.path.display(), ?outcome, "recording repaired")
-                }
-                Err(e) => {
-                    tracing::error!(path = %r.path.display(), "recording cannot be repaired: {e}")
-                }
-            }
-        }
-    }
+    )?;
+    crate::maintenance::spawn(&cfg, filter.clone());
+    let vault = crate::vault::Vault::new(&cfg);
     let accounts = store::open(&cfg.database_path())
         .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.database_path().display()))?;
     let references = store::stored_references(&accounts)
@@ -259,9 +246,12 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 stop_by = Some(now + Duration::from_secs(3));
             }
             Wake::Other(Extra::Control(req)) => {
-                let reply = answers::control(&mut sb, &driver, &accounts, &cfg, req.command);
-                sb.after_input(now);
-                let _ = req.reply.send(reply);
+                // The sealing commands are answered by the vault.
+                if let Some(req) = vault.handle(req) {
+                    let reply = answers::control(&mut sb, &driver, &accounts, &cfg, req.command);
+                    sb.after_input(now);
+                    let _ = req.reply.send(reply);
+                }
             }
             Wake::Other(Extra::Store(ev)) => sb.on_store_event(ev, now),
         }
@@ -275,7 +265,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         }
     }
     let (ftx, frx) = std::sync::mpsc::channel();
-    let _ = store_tx.send(StoreCommand::Flush(ftx));
+    // Every row committed, pending seals done, the WAL folded into hotline.db.
+    let _ = store_tx.send(StoreCommand::Checkpoint(ftx));
     let _ = frx.recv_timeout(Duration::from_secs(10));
     println!("hotline: stopped");
     Ok(())

@@ -6,7 +6,12 @@
 //! transaction per batch, so a burst of call setups costs one fsync, not hundreds.
 //! Must not know about SIP beyond the event types it stores.
 
+pub mod backup;
+pub mod details;
 mod operators;
+pub mod retention;
+pub mod seal;
+pub mod startup;
 
 pub use operators::{
     all_operator_hashes, check_name, insert_operator, list_operators, operator_hashes,
@@ -120,6 +125,26 @@ const MIGRATIONS: &[&str] = &[
     // 5: reference codes are unique. Older 6-digit codes may repeat and keep the plain
     // index for look-up; the 7-digit self-checking codes may not.
     "CREATE UNIQUE INDEX calls_reference_unique ON calls(reference) WHERE length(reference) = 7;",
+    // 6: sealed call details (storage.recipients), and per-day counts that outlive
+    // purged calls (retention)
+    "CREATE TABLE call_sealed (
+        call_id INTEGER NOT NULL REFERENCES calls(id),
+        seq INTEGER NOT NULL,
+        blob BLOB NOT NULL,
+        PRIMARY KEY (call_id, seq)
+    );
+    CREATE TABLE daily_counts (
+        day TEXT PRIMARY KEY,
+        calls INTEGER NOT NULL DEFAULT 0,
+        answered INTEGER NOT NULL DEFAULT 0,
+        queued INTEGER NOT NULL DEFAULT 0,
+        queue_answered INTEGER NOT NULL DEFAULT 0,
+        abandoned INTEGER NOT NULL DEFAULT 0,
+        to_voicemail INTEGER NOT NULL DEFAULT 0,
+        talk_ms INTEGER NOT NULL DEFAULT 0,
+        waited_ms INTEGER NOT NULL DEFAULT 0,
+        recordings INTEGER NOT NULL DEFAULT 0
+    );",
 ];
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -150,6 +175,9 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     // FULL: a commit is on disk when it returns, so "your message is saved" is true
     // even across a power cut. Writes are batched, so this costs one fsync per batch.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted rows (purged calls, answers sealed after the fact) are overwritten with
+    // zeros, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     migrate(&conn)?;
     Ok(conn)
@@ -241,8 +269,35 @@ pub enum StoreCommand {
         source: &'static str,
         at: SystemTime,
     },
-    /// Reply once everything sent before has been committed.
+    /// Reply once everything sent before has been committed (recordings being sealed
+    /// included).
     Flush(mpsc::Sender<()>),
+    /// A recording the sealing worker finished with (sent by the worker itself).
+    Sealed(Box<SealDone>),
+    /// Like `Flush`, then checkpoint the WAL into the database file and truncate it,
+    /// so that `hotline.db` alone is complete (clean shutdown).
+    Checkpoint(mpsc::Sender<()>),
+}
+
+/// A recording handed to the sealing worker, and what became of it.
+#[derive(Debug)]
+pub struct SealDone {
+    call: CallId,
+    kind: &'static str,
+    info: crate::call::RecordingInfo,
+    partial: bool,
+    at: SystemTime,
+    result: Result<seal::SealedFile, seal::SealError>,
+}
+
+/// How the writer stores what concerns the caller.
+#[derive(Clone, Default)]
+pub struct WriterOptions {
+    /// Seal recordings and call details to these recipients (None: store in clear).
+    pub sealer: Option<std::sync::Arc<seal::Sealer>>,
+    /// Also seal the caller's number and address (the caller-ID policy keeps them in
+    /// clear form; a keyed hash stays in the clear column so repeat callers match).
+    pub seal_caller: bool,
 }
 
 /// What the writer reports back.
@@ -261,6 +316,18 @@ pub fn spawn_writer(
     events: Box<dyn Fn(StoreEvent) + Send>,
     now: SystemTime,
 ) -> rusqlite::Result<mpsc::Sender<StoreCommand>> {
+    spawn_writer_with(path, addr_filter, WriterOptions::default(), events, now)
+}
+
+/// [`spawn_writer`] with sealing: recordings go through the sealing worker before their
+/// row is written, and answers, digits and IVR path are stored sealed.
+pub fn spawn_writer_with(
+    path: PathBuf,
+    addr_filter: AddrFilter,
+    options: WriterOptions,
+    events: Box<dyn Fn(StoreEvent) + Send>,
+    now: SystemTime,
+) -> rusqlite::Result<mpsc::Sender<StoreCommand>> {
     let conn = open(&path)?;
     let closed = close_interrupted(&conn, now)?;
     if closed > 0 {
@@ -270,11 +337,47 @@ pub fn spawn_writer(
         );
     }
     let (tx, rx) = mpsc::channel::<StoreCommand>();
+    let thread_err = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+    let sealing = match &options.sealer {
+        Some(sealer) => {
+            let back = std::sync::Mutex::new(tx.clone());
+            let jobs = seal::spawn_worker(
+                sealer.clone(),
+                move |done: SealDone, result: Result<seal::SealedFile, seal::SealError>| {
+                    if let Ok(back) = back.lock() {
+                        let _ =
+                            back.send(StoreCommand::Sealed(Box::new(SealDone { result, ..done })));
+                    }
+                },
+            )
+            .map_err(thread_err)?;
+            Some(Sealing {
+                sealer: sealer.clone(),
+                jobs,
+                seal_caller: options.seal_caller,
+                pending: details::Pending::default(),
+            })
+        }
+        None => None,
+    };
+    let data_dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()))
+        .unwrap_or_else(|| PathBuf::from("."));
     std::thread::Builder::new()
         .name("store".into())
-        .spawn(move || writer(conn, rx, addr_filter, events))
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        .spawn(move || writer(conn, rx, addr_filter, events, sealing, data_dir))
+        .map_err(thread_err)?;
     Ok(tx)
+}
+
+/// The writer's sealing state: the worker's queue and the details of calls in progress.
+struct Sealing {
+    sealer: std::sync::Arc<seal::Sealer>,
+    jobs: mpsc::Sender<seal::SealJob<SealDone>>,
+    seal_caller: bool,
+    pending: details::Pending,
 }
 
 fn writer(
@@ -282,9 +385,14 @@ fn writer(
     rx: mpsc::Receiver<StoreCommand>,
     addr_filter: AddrFilter,
     events: Box<dyn Fn(StoreEvent) + Send>,
+    mut sealing: Option<Sealing>,
+    data_dir: PathBuf,
 ) {
     let mut rows: HashMap<CallId, i64> = HashMap::new();
     let mut ended: std::collections::VecDeque<CallId> = std::collections::VecDeque::new();
+    // Recordings at the sealing worker, and the flushes waiting for them.
+    let mut sealing_now = 0usize;
+    let mut waiting: Vec<(mpsc::Sender<()>, bool)> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 2000 {
@@ -295,16 +403,19 @@ fn writer(
         }
         let mut flushes = Vec::new();
         let mut replies = Vec::new();
+        let mut ended_now = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             for cmd in batch {
                 match cmd {
-                    StoreCommand::Flush(reply) => flushes.push(reply),
+                    StoreCommand::Flush(reply) => flushes.push((reply, false)),
+                    StoreCommand::Checkpoint(reply) => flushes.push((reply, true)),
                     StoreCommand::Event(ev) => {
                         if let CallEvent::Ended { call, .. } = &ev {
                             ended.push_back(*call);
+                            ended_now.push(*call);
                         }
-                        apply_event(&tx, &mut rows, &addr_filter, ev)?
+                        apply_event(&tx, &mut rows, &addr_filter, sealing.as_mut(), ev)?
                     }
                     StoreCommand::Recording {
                         call,
@@ -313,13 +424,81 @@ fn writer(
                         partial,
                         at,
                     } => {
-                        let ok = insert_recording(&tx, &rows, call, kind, &info, partial, at)?;
+                        let context = SealDone {
+                            call,
+                            kind,
+                            info,
+                            partial,
+                            at,
+                            result: Err(seal::SealError::Encrypt("not sealed".into())),
+                        };
+                        match &sealing {
+                            Some(s) => {
+                                let plain = context.info.path.clone();
+                                match s.jobs.send(seal::SealJob { plain, context }) {
+                                    Ok(()) => sealing_now += 1,
+                                    Err(mpsc::SendError(job)) => {
+                                        tracing::error!(
+                                            call,
+                                            "sealing worker is gone: recording kept in clear"
+                                        );
+                                        let c = job.context;
+                                        let ok = insert_recording(
+                                            &tx, &rows, &data_dir, c.call, c.kind, &c.info,
+                                            c.partial, c.at,
+                                        )?;
+                                        if c.kind == "voicemail" {
+                                            replies.push((c.call, ok));
+                                        }
+                                    }
+                                }
+                            }
+                            None => {
+                                let c = context;
+                                let ok = insert_recording(
+                                    &tx, &rows, &data_dir, c.call, c.kind, &c.info, c.partial, c.at,
+                                )?;
+                                if c.kind == "voicemail" {
+                                    replies.push((c.call, ok));
+                                }
+                            }
+                        }
+                    }
+                    StoreCommand::Sealed(done) => {
+                        sealing_now = sealing_now.saturating_sub(1);
+                        let SealDone {
+                            call,
+                            kind,
+                            mut info,
+                            partial,
+                            at,
+                            result,
+                        } = *done;
+                        match result {
+                            Ok(sealed) => {
+                                info.path = sealed.path;
+                                info.size_bytes = sealed.size_bytes;
+                                info.sha256_hex = sealed.sha256_hex;
+                            }
+                            // The plaintext is durable and named by the row; the
+                            // next start-up seals it and updates the row.
+                            Err(e) => tracing::error!(
+                                call,
+                                "recording not sealed, kept in clear until the next start: {e}"
+                            ),
+                        }
+                        let ok = insert_recording(
+                            &tx, &rows, &data_dir, call, kind, &info, partial, at,
+                        )?;
                         if kind == "voicemail" {
                             replies.push((call, ok));
                         }
                     }
-                    other => apply_detail(&tx, &rows, other)?,
+                    other => apply_detail(&tx, &rows, sealing.as_mut(), other)?,
                 }
+            }
+            if let Some(s) = sealing.as_mut() {
+                s.pending.seal_dirty(&tx, &s.sealer)?;
             }
             tx.commit()
         })();
@@ -327,14 +506,31 @@ fn writer(
         if let Err(e) = result {
             tracing::error!("database write failed: {e}");
         }
+        if let Some(s) = sealing.as_mut() {
+            for call in ended_now {
+                if let Some(id) = rows.get(&call) {
+                    s.pending.forget(*id);
+                }
+            }
+        }
         for (call, ok) in replies {
             events(StoreEvent::RecordingStored {
                 call,
                 ok: ok && committed,
             });
         }
-        for f in flushes {
-            let _ = f.send(());
+        waiting.extend(flushes);
+        if sealing_now == 0 {
+            for (f, checkpoint) in waiting.drain(..) {
+                if checkpoint {
+                    if let Err(e) =
+                        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    {
+                        tracing::error!("WAL checkpoint failed: {e}");
+                    }
+                }
+                let _ = f.send(());
+            }
         }
         // Rows of ended calls are remembered a while: a recording may finish after
         // the hang-up.
@@ -350,6 +546,7 @@ fn apply_event(
     tx: &rusqlite::Transaction,
     rows: &mut HashMap<CallId, i64>,
     addr_filter: &AddrFilter,
+    sealing: Option<&mut Sealing>,
     ev: CallEvent,
 ) -> rusqlite::Result<()> {
     match ev {
@@ -367,6 +564,22 @@ fn apply_event(
                 Direction::Inbound => "inbound",
                 Direction::Outbound => "outbound",
             };
+            let mut sip_call_id = sip_call_id;
+            let mut from = from;
+            let mut remote = addr_filter(&remote.to_string());
+            // With sealing on, the Call-ID (phones often put their address in it) and
+            // a number or address kept in clear form go into the sealed details.
+            let mut sealed_part = None;
+            if let Some(s) = &sealing {
+                let caller = s.seal_caller;
+                let mut part = details::CallDetails::default();
+                part.sip_call_id = Some(std::mem::take(&mut sip_call_id));
+                if caller {
+                    part.from = from.take();
+                    part.remote_addr = remote.take();
+                }
+                sealed_part = Some(part);
+            }
             tx.prepare_cached(
                 "INSERT INTO calls (sip_call_id, direction, from_id, to_uri, remote_addr, transport, started_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -376,11 +589,15 @@ fn apply_event(
                 dir,
                 from,
                 to,
-                addr_filter(&remote.to_string()),
+                remote,
                 transport,
                 rfc3339(at)
             ])?;
-            rows.insert(call, tx.last_insert_rowid());
+            let id = tx.last_insert_rowid();
+            rows.insert(call, id);
+            if let (Some(s), Some(part)) = (sealing, sealed_part) {
+                s.pending.get(id).merge(part);
+            }
         }
         CallEvent::Answered { call, codec, at } => {
             if let Some(id) = rows.get(&call) {
@@ -398,9 +615,11 @@ fn apply_event(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn insert_recording(
     tx: &rusqlite::Transaction,
     rows: &HashMap<CallId, i64>,
+    data_dir: &Path,
     call: CallId,
     kind: &str,
     info: &crate::call::RecordingInfo,
@@ -416,6 +635,11 @@ fn insert_recording(
         return Ok(false);
     };
     let path = std::fs::canonicalize(&info.path).unwrap_or_else(|_| info.path.clone());
+    // Relative to the data directory, so a restored copy works wherever it is put.
+    let path = path
+        .strip_prefix(data_dir)
+        .map(Path::to_path_buf)
+        .unwrap_or(path);
     tx.prepare_cached(
         "INSERT INTO recordings (call_id, kind, path, duration_ms, size_bytes, sha256, partial, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -436,8 +660,16 @@ fn insert_recording(
 fn apply_detail(
     tx: &rusqlite::Transaction,
     rows: &HashMap<CallId, i64>,
+    sealing: Option<&mut Sealing>,
     cmd: StoreCommand,
 ) -> rusqlite::Result<()> {
+    let cmd = match sealing {
+        Some(s) => match seal_detail(rows, s, cmd) {
+            Some(cmd) => cmd,
+            None => return Ok(()),
+        },
+        None => cmd,
+    };
     match cmd {
         StoreCommand::Reference { call, code } => {
             if let Some(id) = rows.get(&call) {
@@ -546,9 +778,68 @@ fn apply_detail(
             )?
             .execute(params![operator, state, source, rfc3339(at)])?;
         }
-        StoreCommand::Event(_) | StoreCommand::Recording { .. } | StoreCommand::Flush(_) => {}
+        StoreCommand::Event(_)
+        | StoreCommand::Recording { .. }
+        | StoreCommand::Flush(_)
+        | StoreCommand::Sealed(_)
+        | StoreCommand::Checkpoint(_) => {}
     }
     Ok(())
+}
+
+/// Takes the answers, digits and IVR nodes into the sealed details of their call;
+/// gives back every other command.
+fn seal_detail(
+    rows: &HashMap<CallId, i64>,
+    s: &mut Sealing,
+    cmd: StoreCommand,
+) -> Option<StoreCommand> {
+    match cmd {
+        StoreCommand::Answer {
+            call,
+            node,
+            key,
+            digits,
+            at,
+        } => {
+            if let Some(id) = rows.get(&call) {
+                s.pending.get(*id).answers.push(details::Answer {
+                    node,
+                    key,
+                    digits,
+                    at: rfc3339(at),
+                });
+            }
+            None
+        }
+        StoreCommand::Node { call, node, at } => {
+            if let Some(id) = rows.get(&call) {
+                s.pending.get(*id).path.push(details::Node {
+                    node,
+                    at: rfc3339(at),
+                });
+            }
+            None
+        }
+        StoreCommand::Digit {
+            call,
+            digit,
+            source,
+            media_ms,
+            at,
+        } => {
+            if let Some(id) = rows.get(&call) {
+                s.pending.get(*id).digits.push(details::Digit {
+                    digit: digit.to_string(),
+                    source,
+                    media_ms,
+                    at: rfc3339(at),
+                });
+            }
+            None
+        }
+        other => Some(other),
+    }
 }
 
 /// What happened to a call in the operator queue.
@@ -574,7 +865,7 @@ pub struct QueueEventRow {
     pub at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RecordingRow {
     pub kind: String,
     pub path: String,
@@ -609,6 +900,9 @@ pub struct CallRow {
     pub path: Vec<String>,
     pub recordings: Vec<RecordingRow>,
     pub queue: Option<QueueInfo>,
+    /// Null for a call stored in clear; "locked" when its answers, digits and path are
+    /// sealed and were not opened, "opened" when they were.
+    pub sealed: Option<String>,
 }
 
 /// Newest calls first.
@@ -672,6 +966,7 @@ fn calls_where(
             path: Vec::new(),
             recordings: Vec::new(),
             queue: None,
+            sealed: None,
         };
         Ok((row, queue))
     })?;
@@ -809,6 +1104,7 @@ pub fn open_existing(path: &Path) -> rusqlite::Result<Option<Connection>> {
     }
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let version = version.max(0) as usize;
     if version < MIGRATIONS.len() {
@@ -1150,6 +1446,173 @@ mod tests {
         let mut stored = stored_references(&conn).unwrap();
         stored.sort();
         assert_eq!(stored, [code.as_str(), "100200", "482113", "482113"]);
+    }
+
+    #[test]
+    fn with_recipients_details_and_recordings_are_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hotline.db");
+        let id = age::x25519::Identity::generate();
+        let options = WriterOptions {
+            sealer: seal::Sealer::new(vec![id.to_public()]),
+            seal_caller: true,
+        };
+        let (stored_tx, stored_rx) = mpsc::channel();
+        let stored_tx = std::sync::Mutex::new(stored_tx);
+        let tx = spawn_writer_with(
+            path.clone(),
+            Box::new(|a| Some(a.to_string())),
+            options,
+            Box::new(move |ev| {
+                let _ = stored_tx.lock().unwrap().send(ev);
+            }),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let t = SystemTime::now();
+        tx.send(StoreCommand::Event(CallEvent::Started {
+            call: 1,
+            sip_call_id: "abc@10.9.8.7".into(),
+            from: Some("+79161234567".into()),
+            to: "sip:hotline@127.0.0.1".into(),
+            remote: "10.9.8.7:5070".parse().unwrap(),
+            transport: "UDP",
+            direction: Direction::Inbound,
+            at: t,
+        }))
+        .unwrap();
+        for (node, at) in [("greeting", t), ("unit", t)] {
+            tx.send(StoreCommand::Node {
+                call: 1,
+                node: node.into(),
+                at,
+            })
+            .unwrap();
+        }
+        flush(&tx);
+        // Later batches replace the call's blob.
+        for d in "12345#".chars() {
+            tx.send(StoreCommand::Digit {
+                call: 1,
+                digit: d,
+                source: "rfc4733".into(),
+                media_ms: 1,
+                at: t,
+            })
+            .unwrap();
+        }
+        tx.send(StoreCommand::Answer {
+            call: 1,
+            node: "unit".into(),
+            key: "unit".into(),
+            digits: "12345".into(),
+            at: t,
+        })
+        .unwrap();
+        let wav = dir.path().join("recordings/2024/01/02/x-voicemail.wav");
+        let mut rec = crate::wav::WavRecorder::create(&wav, Default::default()).unwrap();
+        rec.write_mono(&[7; 8000]).unwrap();
+        let info = rec.finish().unwrap();
+        tx.send(StoreCommand::Recording {
+            call: 1,
+            kind: "voicemail",
+            info,
+            partial: false,
+            at: t,
+        })
+        .unwrap();
+        tx.send(StoreCommand::Event(CallEvent::Ended {
+            call: 1,
+            reason: EndReason::CallerBye,
+            at: t,
+        }))
+        .unwrap();
+        // Checkpoint waits for the seal, then truncates the WAL.
+        let (ftx, frx) = mpsc::channel();
+        tx.send(StoreCommand::Checkpoint(ftx)).unwrap();
+        frx.recv().unwrap();
+        assert_eq!(
+            stored_rx.try_recv().unwrap(),
+            StoreEvent::RecordingStored { call: 1, ok: true },
+            "row committed before the event"
+        );
+        assert!(!wav.exists(), "plaintext removed");
+        let wal = std::fs::metadata(dir.path().join("hotline.db-wal")).map(|m| m.len());
+        assert_eq!(wal.unwrap_or(0), 0, "WAL checkpointed and truncated");
+        let conn = open_existing(&path).unwrap().unwrap();
+        for table in ["answers", "digits", "ivr_path"] {
+            let n: i64 = conn
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 0, "nothing in clear in {table}");
+        }
+        let mut calls = list_calls(&conn, 10).unwrap();
+        assert_eq!(calls[0].sip_call_id, "");
+        assert_eq!(calls[0].from, None);
+        assert_eq!(calls[0].remote_addr, None);
+        assert_eq!(
+            calls[0].end_reason.as_deref(),
+            Some("caller-bye"),
+            "times and outcomes stay clear"
+        );
+        let r = &calls[0].recordings[0];
+        assert_eq!(r.path, "recordings/2024/01/02/x-voicemail.wav.age");
+        assert_eq!(r.duration_ms, 1000);
+        let sealed = std::fs::read(dir.path().join(&r.path)).unwrap();
+        assert_eq!(r.sha256, hex::encode(sha2::Sha256::digest(&sealed)));
+        use sha2::Digest;
+        let n_blobs: i64 = conn
+            .query_row("SELECT count(*) FROM call_sealed", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n_blobs, 1, "one blob per call, replaced as it grows");
+        details::open_rows(&conn, std::slice::from_ref(&id), &mut calls).unwrap();
+        let c = &calls[0];
+        assert_eq!(c.sealed.as_deref(), Some("opened"));
+        assert_eq!(c.answers["unit"], "12345");
+        assert_eq!(c.digits, "12345#");
+        assert_eq!(c.path, ["greeting", "unit"]);
+        assert_eq!(c.from.as_deref(), Some("+79161234567"));
+        assert_eq!(c.remote_addr.as_deref(), Some("10.9.8.7:5070"));
+        assert_eq!(c.sip_call_id, "abc@10.9.8.7");
+        let db = std::fs::read(&path).unwrap();
+        for needle in [&b"12345"[..], b"+7916", b"10.9.8.7", b"greeting"] {
+            assert!(
+                !db.windows(needle.len()).any(|w| w == needle),
+                "{} in the database file",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+
+    #[test]
+    fn answers_stored_in_clear_are_sealed_when_sealing_is_turned_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hotline.db");
+        let tx = spawn_writer(
+            path.clone(),
+            Box::new(|a| Some(a.to_string())),
+            Box::new(|_| {}),
+            SystemTime::now(),
+        )
+        .unwrap();
+        start_call(&tx, 1);
+        tx.send(StoreCommand::Answer {
+            call: 1,
+            node: "unit".into(),
+            key: "unit".into(),
+            digits: "54321".into(),
+            at: SystemTime::now(),
+        })
+        .unwrap();
+        flush(&tx);
+        let id = age::x25519::Identity::generate();
+        let sealer = seal::Sealer::new(vec![id.to_public()]).unwrap();
+        let mut conn = open(&path).unwrap();
+        assert_eq!(details::seal_clear_rows(&mut conn, &sealer).unwrap(), 1);
+        let mut calls = list_calls(&conn, 10).unwrap();
+        assert!(calls[0].answers.is_empty());
+        details::open_rows(&conn, &[id], &mut calls).unwrap();
+        assert_eq!(calls[0].answers["unit"], "54321");
     }
 
     #[test]

@@ -33,10 +33,6 @@ impl Server {
         let mut overrides = vec![
             r#"sip.listen=["udp:127.0.0.1:0","tcp:127.0.0.1:0"]"#.to_string(),
             format!("storage.data_dir=\"{}\"", dir.path().join("data").display()),
-            format!(
-                "privacy.hash_key_file=\"{}\"",
-                dir.path().join("caller-id.key").display()
-            ),
         ];
         overrides.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(bin());
@@ -417,6 +413,21 @@ pub fn best_match(needle: &[i16], hay: &[i16], lags: std::ops::Range<usize>) -> 
     best
 }
 
+/// `best_match` over every lag of `hay`: a search in 10 ms steps, then one refined
+/// around the best, so the test need not know when in the call the audio was taken.
+pub fn best_match_anywhere(needle: &[i16], hay: &[i16]) -> (f64, usize) {
+    let last = hay.len().saturating_sub(needle.len());
+    let mut coarse = (f64::MIN, 0);
+    for lag in (0..=last).step_by(80) {
+        let (c, l) = best_match(needle, hay, lag..lag + 1);
+        if c > coarse.0 {
+            coarse = (c, l);
+        }
+    }
+    let lo = coarse.1.saturating_sub(80);
+    best_match(needle, hay, lo..(coarse.1 + 81).min(last + 1))
+}
+
 /// A headless baresip configuration in `dir`: audio from `dir/src.wav`, control over
 /// TCP (ctrl_tcp) on `ctrl_port`, and, with `dump`, what it hears written to
 /// `dir/snd/*-dec.wav` by the sndfile module.
@@ -516,4 +527,30 @@ impl Drop for SippPhone {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The shipped flow with short prompts and timeouts: the same nodes and logic, so a
+/// test walks it in seconds. Panics when the shipped flow no longer has what is
+/// replaced (a silent miss would make tests slow and their timings wrong).
+pub fn quick_flow(dir: &Path) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut flow = std::fs::read_to_string(root.join("config/ivr.toml")).expect("ivr.toml");
+    for (from, to) in [
+        (
+            r#"prompts = ["greeting", "keys_hint"]"#,
+            r#"prompts = ["language_note"]"#,
+        ),
+        (
+            r#"prompts = ["situation_menu"]"#,
+            r#"prompts = ["zone_menu"]"#,
+        ),
+        ("first_digit_timeout = 6", "first_digit_timeout = 2"),
+        ("first_digit_timeout = 10", "first_digit_timeout = 2"),
+    ] {
+        assert!(flow.contains(from), "config/ivr.toml no longer has {from}");
+        flow = flow.replace(from, to);
+    }
+    let path = dir.join("ivr-quick.toml");
+    std::fs::write(&path, flow).expect("write flow");
+    format!("ivr.flow=\"{}\"", path.display())
 }
