@@ -261,6 +261,7 @@ fn serve(bridges: usize, first_port: u16, dir: PathBuf) {
                 codec: codec_of(j),
                 telephone_event_pt: Some(TELEPHONE_EVENT),
                 send: true,
+                confirmed: true,
             }));
         }
         for i in 0..bridges {

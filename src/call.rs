@@ -149,6 +149,10 @@ pub enum MediaCommand {
         codec: Codec,
         telephone_event_pt: Option<u8>,
         send: bool,
+        /// Audio may go to `remote` at once: it is the address the call's SIP came
+        /// from, or that source is trusted. Otherwise nothing is sent until RTP has
+        /// arrived from the peer (no RTP to an address that never asked for it).
+        confirmed: bool,
     },
     Stop {
         call: CallId,

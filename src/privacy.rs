@@ -39,8 +39,16 @@ impl CallerIdFilter {
         key_file: &Path,
         new_key: &mut dyn rand::RngCore,
     ) -> Result<Self, String> {
-        if policy != CallerIdPolicy::Hash {
-            return Ok(CallerIdFilter::new(policy, Vec::new()));
+        match policy {
+            CallerIdPolicy::Keep => return Ok(CallerIdFilter::new(policy, Vec::new())),
+            // Nothing is kept across restarts: a key in memory only labels Call-IDs
+            // for correlation within this run.
+            CallerIdPolicy::Drop => {
+                let mut key = vec![0u8; 32];
+                new_key.fill_bytes(&mut key);
+                return Ok(CallerIdFilter::new(policy, key));
+            }
+            CallerIdPolicy::Hash => {}
         }
         let key = match std::fs::read(key_file) {
             Ok(k) if k.len() >= 16 => k,
@@ -108,6 +116,26 @@ impl CallerIdFilter {
         self.policy
     }
 
+    /// What may be kept or logged of a call's SIP Call-ID (phones often put their
+    /// address in it): as received under `keep`, else a keyed hash that still lets
+    /// the messages of one call be correlated.
+    pub fn call_id_label(&self, call_id: &str) -> String {
+        if self.policy == CallerIdPolicy::Keep {
+            return call_id.to_string();
+        }
+        let Ok(key) = self.key.read() else {
+            return "cid:-".into();
+        };
+        match Hmac::<Sha256>::new_from_slice(&key) {
+            Ok(mut mac) => {
+                mac.update(b"call-id\0");
+                mac.update(call_id.as_bytes());
+                format!("cid:{}", hex::encode(&mac.finalize().into_bytes()[..12]))
+            }
+            Err(_) => "cid:-".into(),
+        }
+    }
+
     /// What may be kept of `identity` (the caller's number or URI).
     pub fn apply(&self, identity: &str) -> Option<String> {
         match self.policy {
@@ -149,8 +177,15 @@ mod tests {
     fn policies() {
         let keep = CallerIdFilter::new(CallerIdPolicy::Keep, vec![]);
         assert_eq!(keep.apply("+79161234567").as_deref(), Some("+79161234567"));
-        let drop = CallerIdFilter::new(CallerIdPolicy::Drop, vec![]);
+        let drop = CallerIdFilter::new(CallerIdPolicy::Drop, vec![3; 32]);
         assert_eq!(drop.apply("+79161234567"), None);
+        assert_eq!(keep.call_id_label("abc@198.51.100.7"), "abc@198.51.100.7");
+        let label = drop.call_id_label("abc@198.51.100.7");
+        assert!(
+            label.starts_with("cid:") && !label.contains("198.51"),
+            "{label}"
+        );
+        assert_eq!(label, drop.call_id_label("abc@198.51.100.7"), "correlates");
         let a = CallerIdFilter::new(CallerIdPolicy::Hash, vec![1; 32]);
         let b = CallerIdFilter::new(CallerIdPolicy::Hash, vec![2; 32]);
         let ha = a.apply("+79161234567").unwrap();

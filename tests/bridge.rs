@@ -91,6 +91,7 @@ async fn phone(
         codec,
         telephone_event_pt,
         send: true,
+        confirmed: true,
     }));
     let s = socket.clone();
     let received = tokio::spawn(async move {

@@ -32,7 +32,7 @@ fn run_sipp_uac(transport: &str) {
     if !require_tool("sipp") {
         return;
     }
-    let server = Server::start(&[]);
+    let server = Server::start(&["limits.max_calls_per_source=0"]);
     let target = match transport {
         "t1" => server.tcp,
         _ => server.udp,

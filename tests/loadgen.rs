@@ -64,6 +64,10 @@ fn generator_calls_press_keys_leave_messages_and_its_summary_matches_the_store()
             &flow,
             // Callers wait in the queue; the message callers leave it with key 1.
             "queue.voicemail_when_nobody_logged_in=false",
+            // Every caller is the generator's one address; its Call-IDs are matched
+            // against the store, so they are kept as received.
+            "limits.max_calls_per_source=0",
+            "privacy.caller_id=keep",
         ],
     );
     let SocketAddr::V4(addr) = server.udp else {

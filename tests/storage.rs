@@ -147,7 +147,7 @@ fn online_backup_with_20_active_calls_restores_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let flow = quick_flow(dir.path());
     let recipients = format!("storage.recipients=[\"{recipient}\"]");
-    let mut server = Server::start_in(dir, &[&flow, &recipients]);
+    let mut server = Server::start_in(dir, &[&flow, &recipients, "limits.max_calls_per_source=0"]);
     // Finished before the backup: a voice message and two calls with answers.
     let mut before = vec![spawn_call(
         &server,
@@ -243,7 +243,10 @@ fn online_backup_with_20_active_calls_restores_and_verifies() {
     assert_eq!(&wav[..4], b"RIFF");
     // A server starts on the restored copy: the calls active at backup time are
     // marked interrupted.
-    let restarted = Server::start_in(restored, &[&flow, &recipients]);
+    let restarted = Server::start_in(
+        restored,
+        &[&flow, &recipients, "limits.max_calls_per_source=0"],
+    );
     let after = restarted.calls_json();
     assert_eq!(
         after

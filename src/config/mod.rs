@@ -350,6 +350,19 @@ pub struct LimitsConfig {
     pub source_burst: u32,
     #[serde(default)]
     pub trusted_sources: Vec<IpAddr>,
+    /// Calls in progress one source address may have (0: no limit).
+    #[serde(default = "default_max_calls_per_source")]
+    pub max_calls_per_source: u32,
+    /// Seconds a source that keeps exceeding its limits is ignored (0: never).
+    #[serde(default = "default_ban_s")]
+    pub ban_s: u64,
+}
+
+fn default_max_calls_per_source() -> u32 {
+    8
+}
+fn default_ban_s() -> u64 {
+    300
 }
 
 fn default_max_duration() -> u64 {

@@ -181,6 +181,10 @@ pub struct MediaLeg {
     signal_ip: Option<IpAddr>,
     latch: Latch,
     last_rx_ms: u64,
+    /// The send address is known to want our audio (see `MediaCommand::Start`).
+    confirmed: bool,
+    /// Packets not sent because the address was not confirmed yet.
+    pub withheld: u64,
 }
 
 impl MediaLeg {
@@ -199,7 +203,7 @@ impl MediaLeg {
         }
         if let Latch::Open { until_ms } = self.latch {
             if now_ms <= until_ms && self.remote != Some(from) {
-                tracing::debug!(%from, signalled = ?self.remote, "RTP latched to its source");
+                tracing::debug!("RTP latched to its source");
                 self.remote = Some(from);
             }
             self.latch = Latch::Done;
@@ -207,6 +211,8 @@ impl MediaLeg {
             return false;
         }
         self.last_rx_ms = now_ms;
+        // The peer sends from where we send to: it asked for our audio.
+        self.confirmed |= self.remote == Some(from);
         self.session.on_rtp(packet, now_ms);
         true
     }
@@ -327,6 +333,8 @@ impl MediaCore {
             signal_ip: None,
             latch: Latch::Done,
             last_rx_ms: now_ms,
+            confirmed: false,
+            withheld: 0,
         }));
         self.legs.insert(
             call,
@@ -368,6 +376,7 @@ impl MediaCore {
                 codec,
                 telephone_event_pt,
                 send,
+                confirmed,
             }) => {
                 let (latch_on, inband) = (self.cfg.latch, self.cfg.inband);
                 if let Some(leg) = self.legs.get_mut(&call) {
@@ -382,6 +391,10 @@ impl MediaCore {
                             Latch::Done
                         };
                     }
+                    if sh.remote != remote {
+                        sh.confirmed = confirmed;
+                    }
+                    sh.confirmed |= confirmed;
                     sh.remote = remote;
                     sh.signal_ip = Some(signal_ip);
                     sh.session.update(codec, telephone_event_pt);
@@ -724,9 +737,18 @@ impl MediaCore {
             };
             if leg.started {
                 let mut sh = lock(&leg.shared);
-                let n = sh.session.on_tick(&mut buf);
-                if let (true, Some(remote)) = (leg.send, sh.remote) {
-                    send(call, remote, &buf[..n]);
+                match (leg.send, sh.remote) {
+                    (true, Some(remote)) if sh.confirmed => {
+                        let n = sh.session.on_tick(&mut buf);
+                        send(call, remote, &buf[..n]);
+                    }
+                    // Not sure the address wants our audio: nothing goes out, and
+                    // nothing is used up, so the caller hears prompts from their start
+                    // once their first packet confirms it.
+                    (true, Some(_)) => sh.withheld += 1,
+                    _ => {
+                        sh.session.on_tick(&mut buf);
+                    }
                 }
             }
             self.collect_leg(call);
@@ -838,6 +860,7 @@ mod tests {
                 codec: Codec::Pcmu,
                 telephone_event_pt: Some(101),
                 send: true,
+                confirmed: true,
             }),
             0,
         );

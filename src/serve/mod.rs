@@ -57,6 +57,18 @@ pub fn registrar_setup(cfg: &Config) -> RegistrarSetup {
     }
 }
 
+pub fn admission_config(cfg: &Config) -> AdmissionConfig {
+    let l = &cfg.limits;
+    AdmissionConfig {
+        rate: l.source_rate,
+        burst: l.source_burst,
+        trusted: l.trusted_sources.clone(),
+        max_calls_per_source: l.max_calls_per_source,
+        ban: Duration::from_secs(l.ban_s),
+        ban_after: l.source_burst,
+    }
+}
+
 pub fn endpoint_config(cfg: &Config, filter: &CallerIdFilter) -> EndpointConfig {
     let f = filter.clone();
     EndpointConfig {
@@ -69,13 +81,17 @@ pub fn endpoint_config(cfg: &Config, filter: &CallerIdFilter) -> EndpointConfig 
         max_call_duration: Duration::from_secs(cfg.limits.max_call_duration_s),
         answer_delay: Duration::from_millis(cfg.sip.answer_delay_ms),
         public_ip: cfg.sip.public_address.parse::<IpAddr>().ok(),
-        admission: AdmissionConfig {
-            rate: cfg.limits.source_rate,
-            burst: cfg.limits.source_burst,
-            trusted: cfg.limits.trusted_sources.clone(),
-        },
+        admission: admission_config(cfg),
         max_message_bytes: cfg.sip.max_message_bytes,
         caller_id: Arc::new(move |s: &str| f.apply(s)),
+        call_id_label: {
+            let f = filter.clone();
+            Arc::new(move |s: &str| f.call_id_label(s))
+        },
+        address_label: {
+            let f = filter.clone();
+            Arc::new(move |ip: IpAddr| f.apply(&ip.to_string()).unwrap_or_else(|| "-".into()))
+        },
         log_messages: filter.policy() == CallerIdPolicy::Keep,
         registrar: Some(registrar_setup(cfg)),
         ..EndpointConfig::default()

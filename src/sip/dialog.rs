@@ -31,6 +31,8 @@ pub(super) struct MediaState {
     pub origin: SdpOrigin,
     /// Where the call's signalling comes from: media from this address is the peer's too.
     pub signal_ip: IpAddr,
+    /// The signalling source is trusted (a provider): its SDP address is believed.
+    pub trusted_source: bool,
 }
 
 impl MediaState {
@@ -41,6 +43,8 @@ impl MediaState {
         codec: Codec,
         send: bool,
     ) -> MediaCommand {
+        let confirmed =
+            self.trusted_source || remote.rtp_addr.is_some_and(|a| a.ip() == self.signal_ip);
         MediaCommand::Start {
             call,
             remote: remote.rtp_addr,
@@ -48,6 +52,7 @@ impl MediaState {
             codec,
             telephone_event_pt: remote.telephone_event_pt,
             send,
+            confirmed,
         }
     }
 }

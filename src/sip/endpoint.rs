@@ -9,7 +9,7 @@
 //! and `poll_timeout`. Time and randomness are inputs: `now`, the wall clock anchor and
 //! a seeded generator. It must not touch sockets, files or the clock.
 
-use super::admission::{Admission, AdmissionConfig};
+use super::admission::{Admission, AdmissionConfig, CallVerdict, Verdict};
 use super::dialog::{dialog_key, Dialog, MediaState};
 use super::digest::{DigestAuth, Ha1Set};
 use super::headers::{self, NameAddr};
@@ -61,6 +61,10 @@ pub enum Output {
 /// What may be stored about the caller's number; applied before anything leaves the
 /// endpoint (events and logs).
 pub type CallerIdFilter = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// What may be stored or logged of a Call-ID (phones put their address in it).
+pub type CallIdLabel = Arc<dyn Fn(&str) -> String + Send + Sync>;
+/// What may be logged of a source address (a caller's, under the caller-ID policy).
+pub type AddressLabel = Arc<dyn Fn(IpAddr) -> String + Send + Sync>;
 
 #[derive(Clone)]
 pub struct EndpointConfig {
@@ -73,6 +77,8 @@ pub struct EndpointConfig {
     pub admission: AdmissionConfig,
     pub max_message_bytes: usize,
     pub caller_id: CallerIdFilter,
+    pub call_id_label: CallIdLabel,
+    pub address_label: AddressLabel,
     /// Whether offers we make include telephone-event (RFC 4733).
     pub offer_telephone_event: bool,
     /// Whether SIP messages may be logged in full at debug level (only when the
@@ -102,6 +108,8 @@ impl Default for EndpointConfig {
             admission: AdmissionConfig::default(),
             max_message_bytes: 65535,
             caller_id: Arc::new(|s: &str| Some(s.to_string())),
+            call_id_label: Arc::new(|s: &str| s.to_string()),
+            address_label: Arc::new(|ip: IpAddr| ip.to_string()),
             offer_telephone_event: true,
             log_messages: false,
             registrar: None,
@@ -113,6 +121,11 @@ impl Default for EndpointConfig {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     pub rate_limited: u64,
+    /// Messages dropped from banned sources, and bans started.
+    pub banned_dropped: u64,
+    pub bans: u64,
+    /// INVITEs refused (503 or silence) for the per-source call limit.
+    pub source_busy: u64,
     pub malformed: u64,
     pub refused: u64,
     pub busy: u64,
@@ -338,7 +351,7 @@ impl Endpoint {
             Ok(raw) => self.handle_raw(now, peer, raw),
             Err((e, partial)) => {
                 self.stats.malformed += 1;
-                tracing::debug!(from = %from, error = %e, "unframable datagram");
+                tracing::debug!(error = %e, "unframable datagram");
                 if let Some(p) = partial.filter(|p| p.method().is_some_and(is_answerable)) {
                     self.refuse(&p, peer, &Reject::bad(e.to_string()));
                 }
@@ -381,11 +394,37 @@ impl Endpoint {
     }
 
     fn admit(&mut self, now: Instant, ip: IpAddr) -> bool {
-        let admitted = self.admission.admit(now, ip);
-        if !admitted {
-            self.stats.rate_limited += 1;
+        let verdict = self.admission.admit(now, ip);
+        match verdict {
+            Verdict::Admit => {}
+            Verdict::Limited => self.stats.rate_limited += 1,
+            Verdict::Banned => self.stats.banned_dropped += 1,
         }
-        admitted
+        self.log_new_bans(now);
+        verdict == Verdict::Admit
+    }
+
+    fn log_new_bans(&mut self, now: Instant) {
+        for ban in self.admission.take_new_bans() {
+            self.stats.bans += 1;
+            tracing::warn!(
+                source = %(self.cfg.address_label)(ban.ip),
+                refused = ban.refusals,
+                ban_s = ban.until.saturating_duration_since(now).as_secs(),
+                "source banned: it kept exceeding its limits"
+            );
+        }
+    }
+
+    /// New admission limits (a reload); calls in progress keep their places.
+    pub fn set_admission(&mut self, cfg: AdmissionConfig) {
+        self.admission.set_config(cfg.clone());
+        self.cfg.admission = cfg;
+    }
+
+    /// Sources banned now.
+    pub fn banned_sources(&self, now: Instant) -> usize {
+        self.admission.banned(now)
     }
 
     fn handle_raw(&mut self, now: Instant, peer: Peer, raw: RawMessage) {
@@ -406,7 +445,7 @@ impl Endpoint {
                     } else {
                         self.stats.refused += 1;
                     }
-                    tracing::debug!(from = %peer.remote, status = ?reject.status, reason = %reject.reason, "request refused");
+                    tracing::debug!(status = ?reject.status, reason = %reject.reason, "request refused");
                     if raw.method() != Some("ACK") {
                         self.refuse(&raw, peer, &reject);
                     }
@@ -550,9 +589,24 @@ impl Endpoint {
 
     fn handle_new_invite(&mut self, now: Instant, key: &str, peer: Peer, req: Request) {
         let call = self.next_call;
+        match self.admission.admit_call(now, peer.remote.ip()) {
+            CallVerdict::Admit => {}
+            verdict => {
+                self.stats.source_busy += 1;
+                self.log_new_bans(now);
+                if verdict == CallVerdict::Busy {
+                    let retry = [("Retry-After".to_string(), "30".to_string())];
+                    self.t
+                        .respond(now, key, &req.raw, 503, None, None, &retry, None);
+                } else {
+                    self.t.server.remove(key);
+                }
+                return;
+            }
+        }
         let started = CallEvent::Started {
             call,
-            sip_call_id: req.common.call_id.clone(),
+            sip_call_id: (self.cfg.call_id_label)(&req.common.call_id),
             from: (self.cfg.caller_id)(&caller_identity(&req.common.from)),
             to: req.common.to.uri.clone(),
             remote: peer.remote,
@@ -561,6 +615,7 @@ impl Endpoint {
             at: self.t.wall(now),
         };
         if self.active >= self.cfg.max_calls {
+            self.admission.call_ended(peer.remote.ip());
             self.stats.busy += 1;
             let retry = [("Retry-After".into(), "5".into())];
             let busy = EndReason::RejectedBusy;
@@ -572,6 +627,7 @@ impl Endpoint {
             match sdp::parse(req.body()) {
                 Ok(o) => Some(o),
                 Err(e) => {
+                    self.admission.call_ended(peer.remote.ip());
                     let warn = [("Warning".to_string(), format!("399 hotline \"{e}\""))];
                     let why = e.to_string();
                     let codec = EndReason::RejectedCodec;
@@ -583,6 +639,7 @@ impl Endpoint {
             Some(o) => match sdp::choose_codec(o, &self.cfg.codecs) {
                 Ok(c) => Some(c),
                 Err(_) => {
+                    self.admission.call_ended(peer.remote.ip());
                     let warn = [(
                         "Warning".to_string(),
                         "305 hotline \"Incompatible media format\"".to_string(),
@@ -597,7 +654,7 @@ impl Endpoint {
         self.next_call += 1;
         self.active += 1;
         self.t.emit(started);
-        tracing::info!(call, sip_call_id = %req.common.call_id, remote = %peer.remote, "call started");
+        tracing::info!(call, "call started");
         let local_tag = self.t.token(12);
         let dialog = Dialog {
             call,
@@ -629,6 +686,7 @@ impl Endpoint {
                     version: 1,
                 },
                 signal_ip: peer.remote.ip(),
+                trusted_source: self.cfg.admission.trusted.contains(&peer.remote.ip()),
             },
             reinvite: None,
         };
@@ -820,7 +878,10 @@ impl Endpoint {
         let dialog = c.dialog();
         self.dialogs.remove(&dialog.key());
         let reason = c.end_reason().unwrap_or(EndReason::Error);
-        tracing::info!(call, sip_call_id = %dialog.sip_call_id, reason = %reason.as_str(), "call ended");
+        tracing::info!(call, reason = %reason.as_str(), "call ended");
+        if matches!(c, Call::In(_)) {
+            self.admission.call_ended(dialog.peer.remote.ip());
+        }
         let at = self.t.wall(now);
         self.t.emit(CallEvent::Ended { call, reason, at });
     }
@@ -1069,6 +1130,7 @@ impl Endpoint {
                     version: 1,
                 },
                 signal_ip: peer.remote.ip(),
+                trusted_source: self.cfg.admission.trusted.contains(&peer.remote.ip()),
             },
             reinvite: None,
         };

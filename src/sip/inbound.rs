@@ -1,6 +1,8 @@
 //! An inbound call (UAS), from the INVITE to its end: the RTP port is reserved, the
 //! call rings for the configured answer delay, is answered with our SDP, waits for its
 //! ACK (timer H ends it without one), and ends by BYE either way, CANCEL, or a refusal.
+//! Media starts and the call counts as answered only once the ACK arrives: an INVITE
+//! from a forged source, never acknowledged, buys no RTP at all.
 //!
 //! Owns the call's set-up states; inside the established dialog it defers to
 //! `Dialog`. Sans-IO: acts through `Transactions`, time passed in. Must not pick
@@ -122,27 +124,19 @@ impl InboundCall {
         if self.state != InboundState::Ringing {
             return;
         }
-        let call = self.dialog.call;
         let media = &self.dialog.media;
         let ip = local_ip(cfg, self.dialog.peer);
-        let (body, start) = match (&media.remote, media.codec) {
-            (Some(offer), Some(codec)) => (
-                sdp::answer(offer, codec, media.origin, ip, media.port),
-                Some(media.start_command(call, offer, codec, !offer.direction.peer_holds())),
-            ),
+        let body = match (&media.remote, media.codec) {
+            (Some(offer), Some(codec)) => sdp::answer(offer, codec, media.origin, ip, media.port),
             // No offer: ours goes in the 200, the answer comes in the ACK.
-            _ => (
-                sdp::offer(
-                    &cfg.codecs,
-                    cfg.offer_telephone_event,
-                    media.origin,
-                    ip,
-                    media.port,
-                ),
-                None,
+            _ => sdp::offer(
+                &cfg.codecs,
+                cfg.offer_telephone_event,
+                media.origin,
+                ip,
+                media.port,
             ),
         };
-        let codec = media.codec;
         self.state = InboundState::AwaitingAck;
         let extra = [
             ("Contact".to_string(), contact_header(cfg, self.dialog.peer)),
@@ -156,13 +150,6 @@ impl InboundCall {
             &extra,
             Some(("application/sdp", body.as_bytes())),
         );
-        if let Some(cmd) = start {
-            t.media(cmd);
-        }
-        if let Some(codec) = codec {
-            let at = t.wall(now);
-            t.emit(CallEvent::Answered { call, codec, at });
-        }
     }
 
     /// An ACK matched to the dialog.
@@ -183,7 +170,13 @@ impl InboundCall {
         if let Some(e) = t.server.get_mut(&self.invite_key) {
             e.tx.on_ack(now);
         }
-        if self.dialog.media.remote.is_some() {
+        let call = self.dialog.call;
+        if let (Some(offer), Some(codec)) = (&self.dialog.media.remote, self.dialog.media.codec) {
+            // The caller is really there: media starts, the call counts as answered.
+            let send = !offer.direction.peer_holds();
+            t.media(self.dialog.media.start_command(call, offer, codec, send));
+            let at = t.wall(now);
+            t.emit(CallEvent::Answered { call, codec, at });
             return Outcome::Continues;
         }
         // Our offer was in the 200: the answer is in the ACK.
@@ -191,7 +184,6 @@ impl InboundCall {
             .and_then(|a| sdp::choose_codec(&a, &cfg.codecs).map(|codec| (a, codec)));
         match answer {
             Ok((a, codec)) => {
-                let call = self.dialog.call;
                 self.dialog.media.codec = Some(codec);
                 let cmd =
                     self.dialog

@@ -326,7 +326,7 @@ impl Transports {
                 if let Err(e) = sock.try_send_to(&data, peer.remote) {
                     // In a network without routes (or to a dead host) this is expected.
                     self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(to = %peer.remote, "udp send failed: {e}");
+                    tracing::debug!("udp send failed: {e}");
                 }
             }
             Link::Tcp(id) => match self.conns.get(&id) {
