@@ -72,7 +72,13 @@ pub fn endpoint_config(cfg: &Config, filter: &CallerIdFilter) -> EndpointConfig 
         admission: AdmissionConfig {
             rate: cfg.limits.source_rate,
             burst: cfg.limits.source_burst,
-            trusted: cfg.limits.trusted_sources.clone(),
+            trusted: cfg
+                .limits
+                .trusted_sources
+                .iter()
+                .chain(cfg.trunks.iter().flat_map(|t| &t.accept_from))
+                .copied()
+                .collect(),
         },
         max_message_bytes: cfg.sip.max_message_bytes,
         caller_id: Arc::new(move |s: &str| f.apply(s)),

@@ -4,6 +4,7 @@
 //!
 //! Sans-IO: time passed in. Memory stays bounded under a flood of spoofed sources.
 
+use crate::config::Cidr;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -13,7 +14,7 @@ pub struct AdmissionConfig {
     /// Sustained messages per second per source.
     pub rate: f64,
     pub burst: u32,
-    pub trusted: Vec<IpAddr>,
+    pub trusted: Vec<Cidr>,
 }
 
 impl Default for AdmissionConfig {
@@ -49,7 +50,7 @@ impl Admission {
 
     /// Whether a message from `ip` at `now` is admitted (and counted).
     pub fn admit(&mut self, now: Instant, ip: IpAddr) -> bool {
-        if self.cfg.trusted.contains(&ip) {
+        if self.cfg.trusted.iter().any(|net| net.contains(ip)) {
             return true;
         }
         let (rate, burst) = (self.cfg.rate, self.cfg.burst as f64);
@@ -83,7 +84,10 @@ mod tests {
         let mut a = Admission::new(AdmissionConfig {
             rate: 10.0,
             burst: 5,
-            trusted: vec!["10.0.0.1".parse().unwrap()],
+            trusted: vec![
+                "10.0.0.1".parse().unwrap(),
+                "198.51.100.0/24".parse().unwrap(),
+            ],
         });
         let t0 = Instant::now();
         let flooder: IpAddr = "192.0.2.1".parse().unwrap();
@@ -93,6 +97,7 @@ mod tests {
         assert!(!a.admit(t0 + Duration::from_millis(50), flooder));
         assert!(a.admit(t0 + Duration::from_millis(150), flooder));
         assert!((0..1000).all(|_| a.admit(t0, "10.0.0.1".parse().unwrap())));
+        assert!((0..1000).all(|_| a.admit(t0, "198.51.100.77".parse().unwrap())));
         // Another source has its own bucket.
         assert!(a.admit(t0, "192.0.2.2".parse().unwrap()));
     }
