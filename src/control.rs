@@ -40,6 +40,8 @@ pub enum ControlCommand {
     OperatorsChanged,
     /// Calls in progress and the SIP side's counters.
     Status,
+    /// Each provider trunk's registration.
+    Trunks,
 }
 
 /// One parsed request; the server answers through `reply` with a JSON object
@@ -298,7 +300,9 @@ mod tests {
                     ControlCommand::OperatorState { name, .. } => {
                         json!({"ok": false, "error": format!("no operator named {name}")})
                     }
-                    ControlCommand::OperatorsChanged | ControlCommand::Status => {
+                    ControlCommand::OperatorsChanged
+                    | ControlCommand::Status
+                    | ControlCommand::Trunks => {
                         json!({"ok": true})
                     }
                 };

@@ -16,4 +16,5 @@ pub mod sdp;
 pub mod serve;
 pub mod sip;
 pub mod store;
+pub mod trunk;
 pub mod uac;

@@ -55,6 +55,7 @@ pub fn control(
             load_operators(accounts, cfg, sb);
             json!({"ok": true})
         }
+        ControlCommand::Trunks => json!({"ok": true, "trunks": sb.trunks.status(now)}),
         ControlCommand::Status => {
             let transport = driver.transports.stats.snapshot();
             json!({
