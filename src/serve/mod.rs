@@ -243,6 +243,11 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let mut sb = Switchboard::new(ep, app, cfg.operators.feature_available.clone());
     answers::load_operators(&accounts, &cfg, &mut sb);
     sb.start_trunks(provider_trunks, Instant::now());
+    while let Some(effect) = sb.poll_effect() {
+        driver.apply(effect, &mut |cmd| {
+            let _ = store_tx.send(cmd);
+        });
+    }
     tracing::info!("hotline started");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -127,6 +127,9 @@ struct Inflight {
     kind: Kind,
     /// The challenge this request answered, if any.
     answered: Option<Challenge>,
+    /// Whether that challenge came in the answer to the request before (not cached
+    /// from an earlier exchange, whose nonce the registrar may have forgotten).
+    fresh: bool,
     /// Challenges answered in this attempt (a registrar that challenges forever is a
     /// failure).
     rounds: u8,
@@ -180,6 +183,8 @@ pub struct Registration {
     from_tag: String,
     cseq: u32,
     challenge: Option<Challenge>,
+    /// `challenge` arrived in the last answer and has not been used yet.
+    challenge_fresh: bool,
     nc: u32,
     inflight: Option<Inflight>,
     /// Our address as the registrar sees it (`received`/`rport`).
@@ -217,6 +222,7 @@ impl Registration {
             from_tag,
             cseq: 0,
             challenge: None,
+            challenge_fresh: false,
             nc: 0,
             inflight: None,
             learned: None,
@@ -522,6 +528,7 @@ impl Registration {
             crate::sip::message::ALLOW
         ));
         let answered = self.challenge.clone();
+        let fresh = std::mem::take(&mut self.challenge_fresh);
         if let Some(ch) = &answered {
             self.nc += 1;
             let cnonce = token(&mut self.rng, 16);
@@ -547,6 +554,7 @@ impl Registration {
             tag,
             kind,
             answered,
+            fresh,
             rounds,
         });
         self.phase = if kind == Kind::Unregister {
@@ -592,6 +600,7 @@ impl Registration {
             tag,
             kind: Kind::Keepalive,
             answered: None,
+            fresh: false,
             rounds: 0,
         });
         self.actions.push_back(Action::Send {
@@ -738,14 +747,18 @@ impl Registration {
                 format!("{code} {reason} (no digest challenge we can answer)"),
             );
         };
-        // Our credentials were answered with a fresh challenge that is not "stale":
-        // the password (or user) is wrong. Trying again at once would only hammer.
-        let refused = inflight
-            .answered
-            .as_ref()
-            .is_some_and(|prev| prev.realm == ch.realm && prev.proxy == ch.proxy && !ch.stale);
+        // Credentials computed on the nonce the registrar had just sent, answered with
+        // a new challenge that is not "stale": the password (or user) is wrong, and
+        // trying again at once would only hammer. (A cached nonce may simply be
+        // unknown to a registrar that restarted: that gets one fresh answer.)
+        let refused = inflight.fresh
+            && inflight
+                .answered
+                .as_ref()
+                .is_some_and(|prev| prev.realm == ch.realm && prev.proxy == ch.proxy && !ch.stale);
         if refused || inflight.rounds >= MAX_AUTH_ROUNDS {
-            self.challenge = Some(ch);
+            // The next attempt starts without credentials: one password guess each.
+            self.challenge = None;
             self.nc = 0;
             let why = format!("{code} {reason} (credentials refused)");
             return match inflight.kind {
@@ -754,6 +767,7 @@ impl Registration {
             };
         }
         self.challenge = Some(ch);
+        self.challenge_fresh = true;
         self.nc = 0;
         let expires = if inflight.kind == Kind::Unregister {
             0
