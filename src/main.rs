@@ -312,6 +312,11 @@ fn check(cfg: &Config, file: &str, paths: bool, json: bool) -> ExitCode {
         )),
         reference_digits: hotline::reference::CODE_DIGITS,
     };
+    // Trunks' password files must be readable by the user that runs the hotline.
+    let mut unused_seed = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    if let Err(errors) = hotline::serve::trunks::from_config(cfg, &mut unused_seed) {
+        problems.extend(errors);
+    }
     let report = timed_paths(&flow, &inputs, std::time::Instant::now());
     problems.extend(check_limits(&flow, &report).iter().map(ToString::to_string));
     if paths && json {

@@ -430,3 +430,99 @@ fn a_wrong_password_says_so_and_is_not_hammered() {
     assert!(seen.len() <= 2 * guesses.len(), "{seen:?}");
     server.assert_no_panic();
 }
+
+/// dnsmasq on loopback serving the provider's records.
+struct Dnsmasq {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Dnsmasq {
+    fn start(records: &[String]) -> Dnsmasq {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = common::free_udp_port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-daemon",
+                "--user=root",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--log-queries",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .args(records)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("dnsmasq.log")).expect("log"))
+            .spawn()
+            .expect("start dnsmasq");
+        std::thread::sleep(Duration::from_millis(300));
+        Dnsmasq {
+            child,
+            _dir: dir,
+            port,
+        }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The registrar is named by host name: NAPTR points to the UDP SRV name, whose two
+/// targets (priorities 10 and 20) are two Kamailios. The first is found first; when
+/// it stops answering, the next keep-alive times out and the hotline registers with
+/// the second.
+#[test]
+fn a_registrar_found_through_srv_fails_over_to_the_second_target() {
+    if !(tools() && require_tool("dnsmasq")) {
+        return;
+    }
+    let (p1, p2) = (common::free_udp_port(), common::free_udp_port());
+    let mut first = Kamailio::start(p1, PASSWORD, "MD5");
+    let second = Kamailio::start(p2, PASSWORD, "MD5");
+    let dns = Dnsmasq::start(&[
+        "--naptr-record=provider.test,10,10,S,SIP+D2U,,_sip._udp.provider.test".into(),
+        format!("--srv-host=_sip._udp.provider.test,k1.provider.test,{p1},10,10"),
+        format!("--srv-host=_sip._udp.provider.test,k2.provider.test,{p2},20,10"),
+        "--host-record=k1.provider.test,127.0.0.1".into(),
+        "--host-record=k2.provider.test,127.0.0.1".into(),
+    ]);
+    let server = Server::start(&[
+        r#"trunks=[{name="provider",registrar="sip:provider.test",username="hotline",password="secret-pass",expires_s=600}]"#,
+        &format!(r#"sip.dns_servers=["127.0.0.1:{}"]"#, dns.port),
+        // Timer F of 6.4 s instead of 32 s: the failover comes sooner, not otherwise.
+        "sip.t1_ms=100",
+    ]);
+    let t = wait_state(&server, Duration::from_secs(10), |s| s == "registered");
+    assert_eq!(t["registrar"], format!("udp:127.0.0.1:{p1}"), "{t}");
+    assert_eq!(second.saved(), 0);
+    first.stop();
+    let stopped = Instant::now();
+    let until = stopped + Duration::from_secs(45);
+    while second.saved() == 0 {
+        assert!(
+            Instant::now() < until,
+            "never registered with the second target:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "registered with the second SRV target {:.1} s after the first stopped",
+        stopped.elapsed().as_secs_f64()
+    );
+    let t = wait_state(&server, Duration::from_secs(5), |s| s == "registered");
+    assert_eq!(t["registrar"], format!("udp:127.0.0.1:{p2}"), "{t}");
+    call_through(&second);
+    server.assert_no_panic();
+}
