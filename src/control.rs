@@ -40,6 +40,8 @@ pub enum ControlCommand {
     OperatorsChanged,
     /// Calls in progress and the SIP side's counters.
     Status,
+    /// Each provider trunk's registration.
+    Trunks,
     /// Hold this age identity (`AGE-SECRET-KEY-1…` lines) in memory to open sealed
     /// call details (`hotline unseal`).
     Unseal { identity: SecretText },
@@ -341,7 +343,9 @@ mod tests {
                     ControlCommand::OperatorState { name, .. } => {
                         json!({"ok": false, "error": format!("no operator named {name}")})
                     }
-                    ControlCommand::OperatorsChanged | ControlCommand::Status => {
+                    ControlCommand::OperatorsChanged
+                    | ControlCommand::Status
+                    | ControlCommand::Trunks => {
                         json!({"ok": true})
                     }
                     _ => json!({"ok": false, "error": "not here"}),

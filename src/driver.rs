@@ -31,6 +31,8 @@ pub enum Wake<T> {
 pub struct Driver {
     pub transports: Transports,
     pub media: MediaHandle,
+    /// Look-ups and connections for provider trunks (serve only).
+    pub trunk_io: Option<crate::trunk::io::TrunkIo>,
     net_rx: mpsc::Receiver<NetInput>,
     media_rx: mpsc::UnboundedReceiver<MediaEvent>,
 }
@@ -48,6 +50,7 @@ impl Driver {
         Driver {
             transports,
             media,
+            trunk_io: None,
             net_rx,
             media_rx,
         }
@@ -107,6 +110,10 @@ impl Driver {
             Effect::CloseConnection(id) => self.transports.close(id),
             Effect::Media(cmd) => self.media.send(cmd),
             Effect::Store(cmd) => store(cmd),
+            Effect::Trunk(req) => match &self.trunk_io {
+                Some(io) => io.perform(req),
+                None => tracing::warn!(?req, "trunk I/O asked of a driver without trunks"),
+            },
         }
     }
 

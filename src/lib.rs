@@ -19,6 +19,7 @@ pub mod sdp;
 pub mod serve;
 pub mod sip;
 pub mod store;
+pub mod trunk;
 pub mod uac;
 pub mod vault;
 pub mod wav;

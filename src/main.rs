@@ -123,6 +123,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Each provider trunk's registration on the running hotline.
+    Trunks {
+        #[arg(long)]
+        json: bool,
+    },
     /// Place a test call (a small softphone for smoke tests).
     Call {
         /// Whom to call, e.g. sip:hotline@127.0.0.1:5060
@@ -311,6 +316,7 @@ fn main() -> ExitCode {
         Command::Operator { command } => operator(&cfg, command),
         Command::Queue { json } => queue(&cfg, json),
         Command::Status { json } => status(&cfg, json),
+        Command::Trunks { json } => trunks(&cfg, json),
         Command::Call {
             uri,
             hangup_after,
@@ -392,6 +398,11 @@ fn check(cfg: &Config, file: &str, paths: bool, json: bool) -> ExitCode {
         )),
         reference_digits: hotline::reference::CODE_DIGITS,
     };
+    // Trunks' password files must be readable by the user that runs the hotline.
+    let mut unused_seed = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    if let Err(errors) = hotline::serve::trunks::from_config(cfg, &mut unused_seed) {
+        problems.extend(errors);
+    }
     let report = timed_paths(&flow, &inputs, std::time::Instant::now());
     problems.extend(check_limits(&flow, &report).iter().map(ToString::to_string));
     if paths && json {
@@ -1001,6 +1012,47 @@ fn status(cfg: &Config, json: bool) -> ExitCode {
             println!("{section}: {}", line.join(" "));
         }
     }
+    ExitCode::SUCCESS
+}
+
+/// `hotline trunks`: state, registrar address and expiry of each trunk.
+fn trunks(cfg: &Config, json: bool) -> ExitCode {
+    let socket = hotline::control::socket_path(cfg);
+    let reply = match hotline::control::request(&socket, &ControlCommand::Trunks) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hotline: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if reply["ok"] != true {
+        eprintln!("hotline: {}", reply_error(&reply));
+        return ExitCode::FAILURE;
+    }
+    let list = reply["trunks"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string(&list).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    if list.is_empty() {
+        println!("no trunks configured");
+        return ExitCode::SUCCESS;
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut table = vec![["trunk", "state", "registrar", "expires in s"].map(String::from)];
+    for t in &list {
+        table.push([
+            text(&t["name"]),
+            text(&t["state"]),
+            text(&t["registrar"]),
+            text(&t["expires_in_s"]),
+        ]);
+    }
+    print!("{}", hotline::prompts::format_table(&table));
     ExitCode::SUCCESS
 }
 

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     // Small protocol helpers used by the cores.
     &["sdp", "privacy", "reference", "wav"],
     // Protocol cores (sans-IO) with their thin tokio sides, and storage.
-    &["sip", "media", "ivr", "queue", "store"],
+    &["sip", "media", "ivr", "queue", "store", "trunk"],
     // Hosts: call logic that joins the cores; tools on the cores' data.
     &["accounts", "app", "prompts"],
     // The shell: drivers, sockets, the control socket, start-up.
@@ -41,6 +41,8 @@ const SAME_LAYER: &[(&str, &str)] = &[
     ("admin", "vault"),
     ("vault", "control"),
     ("vault", "keys"),
+    // A trunk's registration speaks SIP through the endpoint's client transactions.
+    ("trunk", "sip"),
 ];
 
 /// Files of the I/O shell: the only ones that may read a clock or OS randomness.

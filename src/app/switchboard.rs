@@ -12,6 +12,7 @@ use crate::media::core::EngineCommand;
 use crate::sip::registrar::RegistrarEvent;
 use crate::sip::{Endpoint, Output};
 use crate::store::{StoreCommand, StoreEvent};
+use crate::trunk::{IoEvent, IoRequest, TrunkEffect, Trunks};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,15 +20,22 @@ use std::time::Instant;
 /// What the shell must do.
 #[derive(Debug)]
 pub enum Effect {
-    Transmit { peer: Peer, data: Arc<[u8]> },
+    Transmit {
+        peer: Peer,
+        data: Arc<[u8]>,
+    },
     CloseConnection(u64),
     Media(EngineCommand),
     Store(StoreCommand),
+    /// A DNS look-up or a connection for a trunk.
+    Trunk(IoRequest),
 }
 
 pub struct Switchboard {
     pub ep: Endpoint,
     pub app: App,
+    /// Provider registrations; their requests share the endpoint's transactions.
+    pub trunks: Trunks,
     /// The feature code that makes an operator available (any other pauses).
     feature_available: String,
     effects: VecDeque<Effect>,
@@ -38,20 +46,26 @@ impl Switchboard {
         Switchboard {
             ep,
             app,
+            trunks: Trunks::default(),
             feature_available,
             effects: VecDeque::new(),
         }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.ep.poll_timeout(), self.app.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.ep.poll_timeout(),
+            self.app.poll_timeout(),
+            self.trunks.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ep.handle_timeout(now);
+        self.trunks.handle_timeout(now, &mut self.ep);
         self.app.handle_timeout(now);
         self.pump(now);
     }
@@ -79,6 +93,25 @@ impl Switchboard {
         self.pump(now);
     }
 
+    /// Starts registering with the configured providers.
+    pub fn start_trunks(&mut self, trunks: Trunks, now: Instant) {
+        self.trunks = trunks;
+        self.trunks.start(now, &mut self.ep);
+        self.pump(now);
+    }
+
+    /// The shell's answer to a trunk's look-up or connection.
+    pub fn on_trunk_event(&mut self, ev: IoEvent, now: Instant) {
+        self.trunks.on_io(now, ev, &mut self.ep);
+        self.pump(now);
+    }
+
+    /// Clean shutdown of the trunks: registered ones unregister.
+    pub fn shutdown_trunks(&mut self, now: Instant) {
+        self.trunks.shutdown(now, &mut self.ep);
+        self.pump(now);
+    }
+
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
     }
@@ -94,6 +127,13 @@ impl Switchboard {
             while let Some(out) = self.app.poll_output() {
                 moved = true;
                 self.route_host_output(out, now);
+            }
+            while let Some(effect) = self.trunks.poll_effect() {
+                self.effects.push_back(match effect {
+                    TrunkEffect::Transmit { peer, data } => Effect::Transmit { peer, data },
+                    TrunkEffect::Close(id) => Effect::CloseConnection(id),
+                    TrunkEffect::Io(req) => Effect::Trunk(req),
+                });
             }
             if !moved {
                 return;
@@ -137,6 +177,11 @@ impl Switchboard {
                 self.app.operator_registered(&user, false, now)
             }
             Output::Registrar(other) => tracing::debug!(?other, "registration"),
+            Output::Client(result) => {
+                if !self.trunks.on_client_result(now, result, &mut self.ep) {
+                    tracing::debug!("answer to a request nobody waits for");
+                }
+            }
             Output::FeatureCode { user, code } => {
                 let available = code == self.feature_available;
                 match self.app.set_operator_state(&user, available, "phone", now) {

@@ -11,6 +11,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub mod trunks;
+pub use trunks::{Cidr, SipTarget, SipTransport, TrunkConfig};
+
 /// The defaults shipped in `config/hotline.toml`, used when no config file exists.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../../config/hotline.toml");
 pub const DEFAULT_PATH: &str = "config/hotline.toml";
@@ -36,6 +39,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// SIP providers (`[[trunks]]`), see `trunks`.
+    #[serde(default)]
+    pub trunks: Vec<TrunkConfig>,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub source: String,
@@ -154,6 +160,9 @@ pub struct SipConfig {
     pub tcp_max_connections_per_source: usize,
     #[serde(default)]
     pub answer_delay_ms: u64,
+    /// DNS servers (`ADDR:PORT`) for trunk host names; empty = the system's resolver.
+    #[serde(default)]
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 fn default_t1() -> u64 {
@@ -349,7 +358,7 @@ pub struct LimitsConfig {
     #[serde(default = "default_source_burst")]
     pub source_burst: u32,
     #[serde(default)]
-    pub trusted_sources: Vec<IpAddr>,
+    pub trusted_sources: Vec<Cidr>,
     /// Calls in progress one source address may have (0: no limit).
     #[serde(default = "default_max_calls_per_source")]
     pub max_calls_per_source: u32,
@@ -689,6 +698,7 @@ impl Config {
                 ));
             }
         }
+        trunks::validate(&self.trunks)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err((
                 "log.level".into(),
@@ -857,6 +867,38 @@ mod tests {
         assert_eq!(e.key, "retention.calls_days");
         let e = load(&["privacy.hash_key_rotate_days=nan"]).unwrap_err();
         assert_eq!(e.key, "privacy.hash_key_rotate_days");
+    }
+
+    #[test]
+    fn trunks_and_ranges_from_the_command_line() {
+        let c = load(&[
+            "trunks=[{name=\"p\",registrar=\"sip:127.0.0.1:5070\",username=\"hotline\",password=\"x\"}]",
+            "limits.trusted_sources=[\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.1\"]",
+            "sip.dns_servers=[\"127.0.0.1:5353\"]",
+        ])
+        .unwrap();
+        assert_eq!(c.trunks.len(), 1);
+        assert_eq!(c.trunks[0].name, "p");
+        assert_eq!(c.trunks[0].registrar.port, Some(5070));
+        assert_eq!(c.trunks[0].expires_s, 600);
+        assert_eq!(c.limits.trusted_sources.len(), 3);
+        assert_eq!(c.sip.dns_servers[0].port(), 5353);
+
+        let e = load(&["trunks=[{name=\"p\",registrar=\"sip:h\",username=\"u\"}]"]).unwrap_err();
+        assert_eq!(e.key, "trunks[0].password");
+        let e = load(&["trunks=[{name=\"p\",registrar=\"sip:u@h\"}]"]).unwrap_err();
+        assert_eq!(e.key, "trunks[0].registrar");
+        let e = load(&["trunks=[{name=\"p\",registrar=\"sip:h\",accept_from=[\"10.0.0.1/8\"]}]"])
+            .unwrap_err();
+        assert_eq!(e.key, "trunks[0].accept_from[0]");
+        let e =
+            load(&["trunks=[{name=\"p\",registrar=\"sip:h\"},{name=\"p\",registrar=\"sip:g\"}]"])
+                .unwrap_err();
+        assert_eq!(e.key, "trunks[1].name");
+        let e = load(&["trunks=[{name=\"p\",registrar=\"sip:h\",expires_s=5}]"]).unwrap_err();
+        assert_eq!(e.key, "trunks[0].expires_s");
+        let e = load(&["limits.trusted_sources=[\"not-an-address\"]"]).unwrap_err();
+        assert_eq!(e.key, "limits.trusted_sources[0]");
     }
 
     #[test]

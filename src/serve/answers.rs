@@ -60,6 +60,7 @@ pub fn control(
         | ControlCommand::Seal
         | ControlCommand::SealStatus
         | ControlCommand::OpenCalls { .. } => json!({"ok": false, "error": "not handled here"}),
+        ControlCommand::Trunks => json!({"ok": true, "trunks": sb.trunks.status(now)}),
         ControlCommand::Status => {
             let transport = driver.transports.stats.snapshot();
             json!({

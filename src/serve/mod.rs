@@ -8,6 +8,7 @@
 
 pub mod answers;
 pub mod load;
+pub mod trunks;
 
 use crate::app::{App, AppSetup, Switchboard};
 use crate::call::WallClock;
@@ -62,7 +63,13 @@ pub fn admission_config(cfg: &Config) -> AdmissionConfig {
     AdmissionConfig {
         rate: l.source_rate,
         burst: l.source_burst,
-        trusted: l.trusted_sources.clone(),
+        // A provider's signalling addresses are trusted like the listed sources.
+        trusted: l
+            .trusted_sources
+            .iter()
+            .chain(cfg.trunks.iter().flat_map(|t| &t.accept_from))
+            .copied()
+            .collect(),
         max_calls_per_source: l.max_calls_per_source,
         ban: Duration::from_secs(l.ban_s),
         ban_after: l.source_burst,
@@ -134,11 +141,14 @@ impl From<std::io::Error> for StartError {
 enum Extra {
     Control(ControlRequest),
     Store(StoreEvent),
+    Trunk(crate::trunk::IoEvent),
     Stop,
 }
 
 pub async fn run(cfg: Config) -> Result<(), StartError> {
     let (flow, prompts) = load::call_flow(&cfg).map_err(StartError::Config)?;
+    let mut trunk_seed = rand::rngs::StdRng::from_entropy();
+    let provider_trunks = trunks::from_config(&cfg, &mut trunk_seed).map_err(StartError::Config)?;
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -200,7 +210,16 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         max_per_source: cfg.sip.tcp_max_connections_per_source,
         max_message: cfg.sip.max_message_bytes,
     };
-    let transports = transport::bind(&cfg.sip.listen, limits, net_tx).await?;
+    let transports = transport::bind(&cfg.sip.listen, limits, net_tx.clone()).await?;
+    let (trunk_ev_tx, mut trunk_events) = mpsc::unbounded_channel();
+    let trunk_io = crate::trunk::io::TrunkIo::new(
+        &transports.bound,
+        &cfg.sip.dns_servers,
+        cfg.sip.max_message_bytes,
+        trunk_seed,
+        net_tx,
+        trunk_ev_tx,
+    );
     let (media_ev_tx, media_rx) = mpsc::unbounded_channel();
     let media = engine::spawn(media_config(&cfg), media_ev_tx);
     let ep = Endpoint::new(
@@ -210,6 +229,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         wall,
     );
     let mut driver = Driver::new(transports, media, net_rx, media_rx);
+    driver.trunk_io = Some(trunk_io);
     for b in &driver.transports.bound {
         println!("hotline: SIP listening on {b}");
     }
@@ -225,6 +245,12 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     app.use_reference_book(reference_book);
     let mut sb = Switchboard::new(ep, app, cfg.operators.feature_available.clone());
     answers::load_operators(&accounts, &cfg, &mut sb);
+    sb.start_trunks(provider_trunks, Instant::now());
+    while let Some(effect) = sb.poll_effect() {
+        driver.apply(effect, &mut |cmd| {
+            let _ = store_tx.send(cmd);
+        });
+    }
     tracing::info!("hotline started");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -238,6 +264,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 _ = sigterm.recv(), if !stopping => Extra::Stop,
                 Some(req) = control_rx.recv() => Extra::Control(req),
                 Some(ev) = store_events.recv() => Extra::Store(ev),
+                Some(ev) = trunk_events.recv() => Extra::Trunk(ev),
             }
         };
         let wake = driver.wait(&mut sb.ep, deadline, extra).await;
@@ -257,6 +284,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                     "shutting down: hanging up every call"
                 );
                 sb.ep.hangup_all(now);
+                sb.shutdown_trunks(now);
                 sb.after_input(now);
                 // BYE transactions get a few seconds to complete.
                 stop_by = Some(now + Duration::from_secs(3));
@@ -270,13 +298,14 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 }
             }
             Wake::Other(Extra::Store(ev)) => sb.on_store_event(ev, now),
+            Wake::Other(Extra::Trunk(ev)) => sb.on_trunk_event(ev, now),
         }
         while let Some(effect) = sb.poll_effect() {
             driver.apply(effect, &mut |cmd| {
                 let _ = store_tx.send(cmd);
             });
         }
-        if stop_by.is_some() && sb.ep.call_count() == 0 {
+        if stop_by.is_some() && sb.ep.call_count() == 0 && sb.trunks.all_stopped() {
             break;
         }
     }

@@ -13,6 +13,7 @@
 //!
 //! Sans-IO: time passed in. Memory stays bounded under a flood of spoofed sources.
 
+use crate::config::Cidr;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -22,13 +23,20 @@ pub struct AdmissionConfig {
     /// Sustained messages per second per source.
     pub rate: f64,
     pub burst: u32,
-    pub trusted: Vec<IpAddr>,
+    pub trusted: Vec<Cidr>,
     /// Calls in progress one source may have (0: no limit).
     pub max_calls_per_source: u32,
     /// How long a source that keeps exceeding its limits is ignored (zero: never banned).
     pub ban: Duration,
     /// Refusals within `BAN_WINDOW` that get a source banned.
     pub ban_after: u32,
+}
+
+impl AdmissionConfig {
+    /// In one of the trusted ranges (a provider's or a proxy's addresses).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(ip))
+    }
 }
 
 impl Default for AdmissionConfig {
@@ -118,7 +126,7 @@ impl Admission {
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
-        self.cfg.trusted.contains(&ip)
+        self.cfg.is_trusted(ip)
     }
 
     fn source(&mut self, now: Instant, ip: IpAddr) -> &mut Source {
@@ -262,7 +270,10 @@ mod tests {
         AdmissionConfig {
             rate: 10.0,
             burst: 5,
-            trusted: vec!["10.0.0.1".parse().unwrap()],
+            trusted: vec![
+                "10.0.0.1".parse().unwrap(),
+                "198.51.100.0/24".parse().unwrap(),
+            ],
             max_calls_per_source: 2,
             ban: Duration::from_secs(60),
             ban_after: 20,
@@ -292,6 +303,8 @@ mod tests {
         );
         let trunk: IpAddr = "10.0.0.1".parse().unwrap();
         assert!((0..1000).all(|_| a.admit(t0, trunk) == Verdict::Admit));
+        let in_range: IpAddr = "198.51.100.77".parse().unwrap();
+        assert!((0..1000).all(|_| a.admit(t0, in_range) == Verdict::Admit));
         // Another source has its own bucket.
         assert_eq!(a.admit(t0, "192.0.2.2".parse().unwrap()), Verdict::Admit);
     }

@@ -10,6 +10,7 @@
 //! a seeded generator. It must not touch sockets, files or the clock.
 
 use super::admission::{Admission, AdmissionConfig, CallVerdict, Verdict};
+use super::client::ClientResult;
 use super::dialog::{dialog_key, Dialog, MediaState};
 use super::digest::{DigestAuth, Ha1Set};
 use super::headers::{self, NameAddr};
@@ -56,6 +57,8 @@ pub enum Output {
         user: String,
         code: String,
     },
+    /// The end of a request sent with `send_client_request`.
+    Client(super::client::ClientResult),
 }
 
 /// What may be stored about the caller's number; applied before anything leaves the
@@ -686,7 +689,7 @@ impl Endpoint {
                     version: 1,
                 },
                 signal_ip: peer.remote.ip(),
-                trusted_source: self.cfg.admission.trusted.contains(&peer.remote.ip()),
+                trusted_source: self.cfg.admission.is_trusted(peer.remote.ip()),
             },
             reinvite: None,
         };
@@ -843,8 +846,43 @@ impl Endpoint {
                 };
                 self.settle(now, call, outcome);
             }
+            ClientPurpose::External(_) if resp.code < 200 => {}
             ClientPurpose::Info | ClientPurpose::Cancel => {}
+            ClientPurpose::External(tag) => {
+                let reason = match &resp.raw.start {
+                    StartLine::Response { reason, .. } => reason.clone(),
+                    StartLine::Request { .. } => String::new(),
+                };
+                self.t.output(Output::Client(ClientResult::Response {
+                    tag,
+                    code: resp.code,
+                    reason,
+                    headers: resp.raw.headers,
+                }));
+            }
         }
+    }
+
+    /// Sends a request outside any dialog (a trunk's REGISTER or OPTIONS) through a
+    /// client transaction of its own; its final response or its timeout comes back as
+    /// `Output::Client` with `tag`. `bytes` is the whole request, whose top Via carries
+    /// `branch`.
+    pub fn send_client_request(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        branch: String,
+        bytes: Vec<u8>,
+        tag: u64,
+    ) {
+        self.t.send_request(
+            now,
+            peer,
+            false,
+            bytes,
+            branch,
+            ClientPurpose::External(tag),
+        );
     }
 
     // ---- call life cycle ----------------------------------------------------------------
@@ -1006,6 +1044,9 @@ impl Endpoint {
                 ClientPurpose::Bye(call) => self.finish_call(now, call),
                 ClientPurpose::Info | ClientPurpose::Cancel => {}
                 ClientPurpose::Invite(call) => self.end_call(now, call, EndReason::Timeout),
+                ClientPurpose::External(tag) => {
+                    self.t.output(Output::Client(ClientResult::Timeout { tag }))
+                }
             }
         }
         if done {
@@ -1130,7 +1171,7 @@ impl Endpoint {
                     version: 1,
                 },
                 signal_ip: peer.remote.ip(),
-                trusted_source: self.cfg.admission.trusted.contains(&peer.remote.ip()),
+                trusted_source: self.cfg.admission.is_trusted(peer.remote.ip()),
             },
             reinvite: None,
         };

@@ -5,6 +5,7 @@
 //! else here is sans-IO.
 
 pub mod admission;
+pub mod client;
 mod dialog;
 pub mod digest;
 pub mod endpoint;

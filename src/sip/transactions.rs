@@ -45,6 +45,8 @@ pub(super) enum ClientPurpose {
     Invite(CallId),
     Info,
     Cancel,
+    /// Sent for another state machine (`Endpoint::send_client_request`).
+    External(u64),
 }
 
 pub(super) struct ClientEntry {

@@ -360,7 +360,8 @@ impl Hotline {
                             data: data.to_vec(),
                         },
                     ),
-                    Effect::CloseConnection(_) => {}
+                    // No trunks in the simulated world.
+                    Effect::CloseConnection(_) | Effect::Trunk(_) => {}
                     Effect::Media(cmd) => {
                         self.media_log.push((now, clone_command(&cmd)));
                         self.media.core.handle_command(cmd, now_ms);
