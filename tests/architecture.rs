@@ -17,11 +17,19 @@ const LAYERS: &[&[&str]] = &[
     &["sip", "media", "ivr", "queue", "store"],
     // Hosts: call logic that joins the cores; tools on the cores' data.
     &["accounts", "app", "prompts"],
-    // The shell: drivers, sockets, the control socket, start-up.
-    &["control", "driver", "uac", "serve"],
+    // The shell: drivers, sockets, the control socket, the console and metrics
+    // listeners, start-up.
+    &["control", "driver", "uac", "serve", "console", "metrics"],
 ];
 
-const SAME_LAYER: &[(&str, &str)] = &[("serve", "control"), ("serve", "driver"), ("uac", "driver")];
+const SAME_LAYER: &[(&str, &str)] = &[
+    ("serve", "control"),
+    ("serve", "driver"),
+    ("uac", "driver"),
+    ("serve", "console"),
+    ("serve", "metrics"),
+    ("console", "metrics"),
+];
 
 /// Files of the I/O shell: the only ones that may read a clock or OS randomness.
 const SHELL_FILES: &[&str] = &[
@@ -33,6 +41,12 @@ const SHELL_FILES: &[&str] = &[
     "src/media/engine.rs",
     "src/media/recording_sink.rs",
     "src/store/writer.rs",
+    // The console's listener, routes and database pool; its sessions, lockout, CSRF
+    // and board rules are sans-IO and checked.
+    "src/console/mod.rs",
+    "src/console/web.rs",
+    "src/console/http.rs",
+    "src/console/db.rs",
 ];
 const SHELL_DIRS: &[&str] = &["src/serve/"];
 

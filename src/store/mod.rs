@@ -6,12 +6,14 @@
 //! transaction per batch, so a burst of call setups costs one fsync, not hundreds.
 //! Must not know about SIP beyond the event types it stores.
 
+pub mod console;
 mod operators;
 
 pub use operators::{
     all_operator_hashes, check_name, insert_operator, list_operators, operator_hashes,
-    operator_username, remove_operator, update_operator_hashes, NewOperator, OperatorError,
-    OperatorRow, PasswordHashes, MAX_NAME_CHARS,
+    operator_username, remove_operator, set_language, set_role, update_operator_hashes,
+    web_account, NewOperator, OperatorError, OperatorRow, PasswordHashes, Role, WebAccount,
+    MAX_NAME_CHARS,
 };
 
 use crate::call::{CallEvent, CallId, Direction};
@@ -120,6 +122,42 @@ const MIGRATIONS: &[&str] = &[
     // 5: reference codes are unique. Older 6-digit codes may repeat and keep the plain
     // index for look-up; the 7-digit self-checking codes may not.
     "CREATE UNIQUE INDEX calls_reference_unique ON calls(reference) WHERE length(reference) = 7;",
+    // 6: the console: web logins (Argon2id hash, role, language), notes and handled
+    // marks on calls, and an append-only audit log of who listened to, exported or
+    // annotated what
+    "ALTER TABLE operators ADD COLUMN role TEXT NOT NULL DEFAULT 'operator'
+        CHECK (role IN ('operator', 'supervisor'));
+    ALTER TABLE operators ADD COLUMN web_hash TEXT;
+    ALTER TABLE operators ADD COLUMN language TEXT;
+    CREATE TABLE call_notes (
+        id INTEGER PRIMARY KEY,
+        call_id INTEGER NOT NULL REFERENCES calls(id),
+        author TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX call_notes_call ON call_notes(call_id);
+    CREATE TABLE call_handled (
+        call_id INTEGER PRIMARY KEY REFERENCES calls(id),
+        handled_by TEXT NOT NULL,
+        handled_at TEXT NOT NULL
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        call_id INTEGER,
+        recording_id INTEGER,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_log_call ON audit_log(call_id);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE INDEX recordings_kind ON recordings(kind, id);
+    CREATE INDEX queue_events_at ON queue_events(at);",
 ];
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -252,6 +290,18 @@ pub enum StoreEvent {
     RecordingStored { call: CallId, ok: bool },
 }
 
+/// What the writer tells an observer about each batch; the observer (in the shell)
+/// may time the stages, the store itself reads no clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStage {
+    /// A batch was taken from the queue; its transaction starts now.
+    Begin,
+    /// The batch's transaction committed (`ok`) or failed.
+    Done { commands: usize, ok: bool },
+}
+
+pub type BatchObserver = Box<dyn FnMut(BatchStage) + Send>;
+
 /// Starts the writer thread (after marking calls an earlier stop left open as
 /// interrupted at `now`). Events are batched: one transaction per wake-up. `events`
 /// is called on the writer's thread.
@@ -259,6 +309,17 @@ pub fn spawn_writer(
     path: PathBuf,
     addr_filter: AddrFilter,
     events: Box<dyn Fn(StoreEvent) + Send>,
+    now: SystemTime,
+) -> rusqlite::Result<mpsc::Sender<StoreCommand>> {
+    spawn_writer_observed(path, addr_filter, events, Box::new(|_| {}), now)
+}
+
+/// [`spawn_writer`], with `observer` called on the writer's thread around each batch.
+pub fn spawn_writer_observed(
+    path: PathBuf,
+    addr_filter: AddrFilter,
+    events: Box<dyn Fn(StoreEvent) + Send>,
+    observer: BatchObserver,
     now: SystemTime,
 ) -> rusqlite::Result<mpsc::Sender<StoreCommand>> {
     let conn = open(&path)?;
@@ -272,7 +333,7 @@ pub fn spawn_writer(
     let (tx, rx) = mpsc::channel::<StoreCommand>();
     std::thread::Builder::new()
         .name("store".into())
-        .spawn(move || writer(conn, rx, addr_filter, events))
+        .spawn(move || writer(conn, rx, addr_filter, events, observer))
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     Ok(tx)
 }
@@ -282,6 +343,7 @@ fn writer(
     rx: mpsc::Receiver<StoreCommand>,
     addr_filter: AddrFilter,
     events: Box<dyn Fn(StoreEvent) + Send>,
+    mut observer: BatchObserver,
 ) {
     let mut rows: HashMap<CallId, i64> = HashMap::new();
     let mut ended: std::collections::VecDeque<CallId> = std::collections::VecDeque::new();
@@ -295,6 +357,8 @@ fn writer(
         }
         let mut flushes = Vec::new();
         let mut replies = Vec::new();
+        let commands = batch.len();
+        observer(BatchStage::Begin);
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             for cmd in batch {
@@ -324,6 +388,10 @@ fn writer(
             tx.commit()
         })();
         let committed = result.is_ok();
+        observer(BatchStage::Done {
+            commands,
+            ok: committed,
+        });
         if let Err(e) = result {
             tracing::error!("database write failed: {e}");
         }
