@@ -564,6 +564,23 @@ async fn login(
             );
         }
     };
+    // Checks waiting for the permit may have been overtaken by failures that lock.
+    if let Verdict::Locked(until) =
+        sh.lockout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(ip, &name, Instant::now())
+    {
+        sh.metrics.login("locked_out");
+        return login_form(
+            &sh,
+            &headers,
+            lang,
+            &name,
+            Some(&locked(until)),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
     let password = f.password.unwrap_or_default();
     let lookup = name.clone();
     let checked = sh
@@ -575,19 +592,20 @@ async fn login(
             Ok::<_, DbError>((account, ok))
         })
         .await;
-    drop(permit);
     let (account, ok) = match checked {
         Ok(r) => r,
         Err(e) => return server_error(Kind::Page, lang, e),
     };
+    let known = account.is_some();
     let Some(account) = account.filter(|_| ok) else {
         sh.metrics.login("wrong_password");
-        let known = account_exists(&sh, &name).await;
+        // Counted before the next check may start.
         let verdict = sh
             .lockout
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .failure(ip, known.then_some(name.as_str()), Instant::now());
+        drop(permit);
         tracing::info!("console: failed login");
         let message = match verdict {
             Verdict::Locked(until) => locked(until),
@@ -602,11 +620,28 @@ async fn login(
             StatusCode::UNAUTHORIZED,
         );
     };
+    drop(permit);
     sh.metrics.login("ok");
     sh.lockout
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .success(&account.name);
+    if account.language.is_none() {
+        // The first login keeps the language the login page was shown in.
+        let name = account.name.clone();
+        let stored = sh
+            .db
+            .run(move |c| {
+                crate::store::set_language(c, &name, lang.code()).map_err(|e| match e {
+                    OperatorError::Database(e) => DbError::Sql(e),
+                    _ => DbError::Task,
+                })
+            })
+            .await;
+        if let Err(e) = stored {
+            tracing::warn!("console: language not stored: {e}");
+        }
+    }
     let token = sh
         .sessions
         .lock()
@@ -639,15 +674,6 @@ async fn login(
         set_cookie(&sh, LOGIN_COOKIE, "", "/login", Some(0)),
     );
     res
-}
-
-async fn account_exists(sh: &Arc<Shared>, name: &str) -> bool {
-    let name = name.to_string();
-    sh.db
-        .run(move |c| crate::store::web_account(c, &name).map_err(DbError::from))
-        .await
-        .map(|a| a.is_some())
-        .unwrap_or(false)
 }
 
 #[derive(Deserialize)]

@@ -253,6 +253,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     answers::load_operators(&accounts, &cfg, &mut sb);
     tracing::info!("hotline started");
 
+    live.after_wake(&sb, Instant::now());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stop_by: Option<Instant> = None;
     loop {
