@@ -44,7 +44,10 @@ impl Prometheus {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log"))
@@ -111,14 +114,7 @@ fn check_labels(text: &str) {
             let v = v.trim_matches('"');
             let ok = match k {
                 "le" => v == "+Inf" || v.parse::<f64>().is_ok(),
-                "outcome" => [
-                    "operator",
-                    "voicemail",
-                    "abandoned",
-                    "ivr",
-                    "answered",
-                ]
-                .contains(&v),
+                "outcome" => ["operator", "voicemail", "abandoned", "ivr", "answered"].contains(&v),
                 "reason" => {
                     end_reasons.contains(&v)
                         || (v.starts_with("rejected-") && v[9..].parse::<u16>().is_ok())
@@ -209,13 +205,20 @@ fn prometheus_sees_a_call_come_and_go() {
     let ticks = prom
         .query("hotline_rtp_send_lateness_seconds_count")
         .unwrap_or(0.0);
-    assert!(ticks > 100.0, "the media clock's lateness is measured: {ticks}");
+    assert!(
+        ticks > 100.0,
+        "the media clock's lateness is measured: {ticks}"
+    );
 
     // What the server stored of the caller is not in the scraped text.
     let calls = server.calls_json();
     let stored = &calls[0];
     let text = webclient::get(target, "/metrics", None).text();
-    for v in [&stored["from"], &stored["remote_addr"], &stored["sip_call_id"]] {
+    for v in [
+        &stored["from"],
+        &stored["remote_addr"],
+        &stored["sip_call_id"],
+    ] {
         if let Some(s) = v.as_str() {
             assert!(!text.contains(s), "{s} appears in /metrics");
         }
