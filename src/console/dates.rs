@@ -21,6 +21,8 @@ impl Calendar {
     pub fn load(name: &str) -> Result<Calendar, String> {
         let tz = if name.is_empty() {
             TimeZone::try_system().unwrap_or(TimeZone::UTC)
+        } else if name.eq_ignore_ascii_case("UTC") {
+            TimeZone::UTC
         } else {
             TimeZone::get(name).map_err(|e| format!("\"{name}\" is not a known time zone ({e})"))?
         };

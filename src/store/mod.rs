@@ -272,7 +272,7 @@ pub enum StoreCommand {
         talk_ms: u64,
     },
     /// An operator's state changed. States: offline, available, ringing, on_call,
-    /// wrap_up, paused; sources: registrar, phone, cli, queue.
+    /// wrap_up, paused; sources: registrar, phone, cli, console, queue.
     OperatorState {
         operator: String,
         state: &'static str,
