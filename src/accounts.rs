@@ -1,5 +1,6 @@
-//! Operator accounts: password policy and generation, SIP usernames, and the digest
-//! hashes (HA1, MD5 and SHA-256, RFC 8760) stored for each account.
+//! Operator accounts: password policy and generation, SIP usernames, the digest
+//! hashes (HA1, MD5 and SHA-256, RFC 8760) stored for each account, and the Argon2id
+//! hash its console login is checked against.
 //!
 //! Owns what turns a password into what the store keeps; the store only keeps it and
 //! `sip::digest` only checks against it. Randomness and time are arguments (the CLI
@@ -8,7 +9,8 @@
 //! never stored or logged.
 
 use crate::sip::digest::{ha1, Algorithm, Ha1Set};
-use crate::store::{self, NewOperator, OperatorError, PasswordHashes};
+use crate::store::{self, NewOperator, OperatorError, PasswordHashes, Role};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::{Rng, RngCore};
 use rusqlite::Connection;
 use std::time::SystemTime;
@@ -51,16 +53,65 @@ fn username_from_name(name: &str) -> Option<String> {
     ok.then_some(lower)
 }
 
-/// The digest hashes of `password` for `user` in `realm`.
-pub fn password_hashes(user: &str, realm: &str, password: &str) -> PasswordHashes {
+/// Argon2id cost of a web password hash: OWASP's first recommended setting (19 MiB,
+/// two passes, one lane), about 30 ms on one core. The console runs at most one check
+/// at a time and locks out guessing before it costs much.
+const WEB_HASH_MEMORY_KIB: u32 = 19_456;
+const WEB_HASH_PASSES: u32 = 2;
+const WEB_HASH_LANES: u32 = 1;
+
+fn argon2id() -> argon2::Argon2<'static> {
+    let params = argon2::Params::new(WEB_HASH_MEMORY_KIB, WEB_HASH_PASSES, WEB_HASH_LANES, None)
+        .expect("constant Argon2 parameters are valid");
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
+/// The Argon2id hash (PHC string, random 16-byte salt) of a console password.
+pub fn web_hash(password: &str, rng: &mut dyn RngCore) -> String {
+    let mut salt = [0u8; 16];
+    rng.fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
+    argon2id()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("Argon2id hashes any password")
+        .to_string()
+}
+
+/// Whether `password` matches a stored web hash. An empty or unreadable hash matches
+/// nothing, and still costs one hash computation, so that a missing account or a
+/// missing web password cannot be told from a wrong password by timing.
+pub fn verify_web_password(stored: &str, password: &str) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let parsed = PasswordHash::new(stored).ok();
+    let ok = parsed.is_some();
+    let dummy;
+    let hash = match parsed {
+        Some(h) => h,
+        None => {
+            let d = DUMMY.get_or_init(|| {
+                use rand::SeedableRng;
+                web_hash("not a password", &mut rand::rngs::StdRng::seed_from_u64(7))
+            });
+            dummy = PasswordHash::new(d).expect("the dummy hash parses");
+            dummy
+        }
+    };
+    let matches = argon2id()
+        .verify_password(password.as_bytes(), &hash)
+        .is_ok();
+    ok && matches
+}
+
+/// The digest hashes and the web hash of `password` for `user` in `realm`.
+pub fn password_hashes(user: &str, realm: &str, password: &str, web: &str) -> PasswordHashes {
     PasswordHashes {
         ha1_md5: ha1(Algorithm::Md5, user, realm, password),
         ha1_sha256: ha1(Algorithm::Sha256, user, realm, password),
+        web: web.to_string(),
     }
 }
 
-/// Creates an operator account. The password, given or generated, is returned once and
-/// only its hashes are stored.
+/// Creates an operator account with the role `operator`.
 pub fn add(
     conn: &Connection,
     name: &str,
@@ -69,8 +120,23 @@ pub fn add(
     rng: &mut dyn RngCore,
     now: SystemTime,
 ) -> Result<NewOperator, OperatorError> {
+    add_with_role(conn, name, realm, Role::Operator, password, rng, now)
+}
+
+/// Creates an account. The password, given or generated, is returned once and only
+/// its hashes are stored.
+pub fn add_with_role(
+    conn: &Connection,
+    name: &str,
+    realm: &str,
+    role: Role,
+    password: Option<&str>,
+    rng: &mut dyn RngCore,
+    now: SystemTime,
+) -> Result<NewOperator, OperatorError> {
     store::check_name(name)?;
     let password = choose_password(password, rng)?;
+    let web = web_hash(&password, rng);
     let preferred = username_from_name(name);
     let mut randoms: Vec<String> = (0..USERNAME_ATTEMPTS)
         .map(|_| format!("op{:06}", rng.gen_range(0..1_000_000u32)))
@@ -80,8 +146,9 @@ pub fn add(
         conn,
         name,
         realm,
+        role,
         &mut candidates,
-        &|user| password_hashes(user, realm, &password),
+        &|user| password_hashes(user, realm, &password, &web),
         now,
     )?;
     Ok(NewOperator {
@@ -103,7 +170,7 @@ pub fn passwd(
 ) -> Result<NewOperator, OperatorError> {
     let password = choose_password(password, rng)?;
     let user = store::operator_username(conn, name)?;
-    let hashes = password_hashes(&user, realm, &password);
+    let hashes = password_hashes(&user, realm, &password, &web_hash(&password, rng));
     store::update_operator_hashes(conn, name, &user, realm, &hashes, now)?;
     Ok(NewOperator {
         name: name.to_string(),
@@ -179,6 +246,22 @@ mod tests {
     }
 
     #[test]
+    fn web_hashes_are_argon2id_and_verify() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let h = web_hash("correct horse", &mut rng);
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify_web_password(&h, "correct horse"));
+        assert!(!verify_web_password(&h, "correct horsE"));
+        assert!(!verify_web_password(&h, ""));
+        // A new salt every time.
+        assert_ne!(h, web_hash("correct horse", &mut rng));
+        // No web password, or garbage: nothing matches.
+        assert!(!verify_web_password("", "correct horse"));
+        assert!(!verify_web_password("$argon2id$broken", "correct horse"));
+        assert!(!verify_web_password("not a password", "not a password"));
+    }
+
+    #[test]
     fn generated_passwords() {
         let a = generate_password(&mut rand::rngs::StdRng::seed_from_u64(1));
         let b = generate_password(&mut rand::rngs::StdRng::seed_from_u64(2));
@@ -208,6 +291,9 @@ mod tests {
         let (name, set) = credentials(&conn, "anna", "hotline").unwrap().unwrap();
         assert_eq!(name, "Anna");
         assert_eq!(set, Ha1Set::from_password("anna", "hotline", &op.password));
+        let web = crate::store::web_account(&conn, "Anna").unwrap().unwrap();
+        assert_eq!(web.role, Role::Operator);
+        assert!(verify_web_password(&web.web_hash, &op.password));
         assert_eq!(
             set.md5.as_deref(),
             Some(&*ha1(Algorithm::Md5, "anna", "hotline", &op.password))
@@ -358,6 +444,9 @@ mod tests {
         .unwrap();
         assert_eq!(changed.sip_username, "anna");
         assert_eq!(changed.password.len(), 20);
+        let web = crate::store::web_account(&conn, "anna").unwrap().unwrap();
+        assert!(verify_web_password(&web.web_hash, &changed.password));
+        assert!(!verify_web_password(&web.web_hash, "password2"));
         let (_, set) = credentials(&conn, "anna", "hotline").unwrap().unwrap();
         assert_eq!(
             set,

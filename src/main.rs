@@ -52,12 +52,24 @@ enum Command {
         limit: usize,
         /// The reference code a caller quotes (7 digits; 6 for calls from older
         /// versions). A code with a wrong or swapped digit is refused as invalid.
-        #[arg(long, value_name = "CODE")]
+        #[arg(long, value_name = "CODE", conflicts_with_all = ["since", "until", "outcome", "direction"])]
         reference: Option<String>,
         /// Open sealed answers with this age identity file (else: only while the
         /// running server is unsealed).
         #[arg(long)]
         identity: Option<PathBuf>,
+        /// Calls started on or after this day (YYYY-MM-DD, in console.time_zone).
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Calls started on or before this day (YYYY-MM-DD, in console.time_zone).
+        #[arg(long, value_name = "DATE")]
+        until: Option<String>,
+        /// Only calls with this outcome (the console's history filter).
+        #[arg(long)]
+        outcome: Option<OutcomeArg>,
+        /// Only callers' calls (inbound) or operator legs (outbound).
+        #[arg(long)]
+        direction: Option<DirectionArg>,
     },
     /// List voice messages, newest first.
     Voicemails {
@@ -197,6 +209,9 @@ enum OperatorCommand {
     Add {
         /// Pseudonym shown to colleagues (any language).
         name: String,
+        /// What the account may do in the web console.
+        #[arg(long, default_value = "operator")]
+        role: RoleArg,
         /// Password to set (at least 8 characters); default: a generated one.
         #[arg(long)]
         password: Option<String>,
@@ -221,6 +236,26 @@ enum OperatorCommand {
     },
     /// Mark an operator available or paused on the running hotline.
     State { name: String, state: StateArg },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Operator,
+    Supervisor,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutcomeArg {
+    Operator,
+    Voicemail,
+    Abandoned,
+    Ivr,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DirectionArg {
+    Inbound,
+    Outbound,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -294,7 +329,27 @@ fn main() -> ExitCode {
             limit,
             reference,
             identity,
-        } => calls(&cfg, json, limit, reference.as_deref(), identity.as_deref()),
+            since,
+            until,
+            outcome,
+            direction,
+        } => {
+            let filter = match call_filter(&cfg, since, until, outcome, direction) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("hotline: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            calls(
+                &cfg,
+                json,
+                limit,
+                reference.as_deref(),
+                identity.as_deref(),
+                filter,
+            )
+        }
         Command::Voicemails {
             json,
             limit,
@@ -536,12 +591,54 @@ fn prompts(cfg: &Config, command: PromptsCommand) -> ExitCode {
     }
 }
 
+/// The history filter of `hotline calls` (the same as the console's), if any option
+/// asks for one.
+fn call_filter(
+    cfg: &Config,
+    since: Option<String>,
+    until: Option<String>,
+    outcome: Option<OutcomeArg>,
+    direction: Option<DirectionArg>,
+) -> Result<Option<hotline::store::console::CallFilter>, String> {
+    use hotline::console::dates::{parse_date, Calendar};
+    use hotline::store::console::{CallFilter, Outcome};
+    if since.is_none() && until.is_none() && outcome.is_none() && direction.is_none() {
+        return Ok(None);
+    }
+    let cal = Calendar::load(&cfg.console.time_zone)
+        .map_err(|e| format!("{}: console.time_zone: {e}", cfg.source))?;
+    let bound =
+        |flag: &str, s: Option<String>, f: &dyn Fn(jiff::civil::Date) -> Result<String, String>| {
+            s.map(|s| {
+                parse_date(&s)
+                    .map_err(|e| format!("{flag}: {e}"))
+                    .and_then(f)
+            })
+            .transpose()
+        };
+    Ok(Some(CallFilter {
+        since: bound("--since", since, &|d| cal.since(d))?,
+        until: bound("--until", until, &|d| cal.until(d))?,
+        outcome: outcome.map(|o| match o {
+            OutcomeArg::Operator => Outcome::Operator,
+            OutcomeArg::Voicemail => Outcome::Voicemail,
+            OutcomeArg::Abandoned => Outcome::Abandoned,
+            OutcomeArg::Ivr => Outcome::Ivr,
+        }),
+        direction: direction.map(|d| match d {
+            DirectionArg::Inbound => "inbound",
+            DirectionArg::Outbound => "outbound",
+        }),
+    }))
+}
+
 fn calls(
     cfg: &Config,
     json: bool,
     limit: usize,
     reference: Option<&str>,
     identity: Option<&std::path::Path>,
+    filter: Option<hotline::store::console::CallFilter>,
 ) -> ExitCode {
     let identity = match hotline::admin::identity_arg(identity) {
         Ok(i) => i,
@@ -578,7 +675,10 @@ fn calls(
         }
     };
     let found = match &reference {
-        None => hotline::store::list_calls(&conn, limit),
+        None => match &filter {
+            Some(f) => hotline::store::console::filtered_calls(&conn, f, None, limit),
+            None => hotline::store::list_calls(&conn, limit),
+        },
         Some(
             hotline::reference::Reference::Valid(code)
             | hotline::reference::Reference::Legacy(code),
@@ -741,13 +841,18 @@ fn operator(cfg: &Config, command: OperatorCommand) -> ExitCode {
     let (result, json) = match command {
         OperatorCommand::Add {
             name,
+            role,
             password,
             json,
         } => (
-            hotline::accounts::add(
+            hotline::accounts::add_with_role(
                 &conn,
                 &name,
                 realm,
+                match role {
+                    RoleArg::Operator => hotline::store::Role::Operator,
+                    RoleArg::Supervisor => hotline::store::Role::Supervisor,
+                },
                 password.as_deref(),
                 &mut rand::rngs::OsRng,
                 std::time::SystemTime::now(),
@@ -841,6 +946,7 @@ fn operator_list(conn: &rusqlite::Connection, path: &std::path::Path, json: bool
     let mut table = vec![[
         "name".to_string(),
         "sip username".to_string(),
+        "role".to_string(),
         "last state".to_string(),
         "since".to_string(),
         "created".to_string(),
@@ -849,6 +955,7 @@ fn operator_list(conn: &rusqlite::Connection, path: &std::path::Path, json: bool
         table.push([
             r.name,
             r.sip_username,
+            r.role.as_str().to_string(),
             r.last_state.unwrap_or_else(|| "-".into()),
             r.last_state_at.unwrap_or_else(|| "-".into()),
             r.created_at,

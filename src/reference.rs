@@ -99,6 +99,38 @@ pub fn is_valid(code: &str) -> bool {
     matches!(parse(code), Ok(Reference::Valid(c)) if c == code)
 }
 
+/// The valid codes one slip away from a 7-digit code whose check digit fails: one
+/// digit changed (the check digit included) or two neighbours swapped. These are the
+/// codes a person may have meant; sorted, without repeats. Empty for anything that
+/// is not 7 digits with a failing check.
+pub fn corrections(input: &str) -> Vec<String> {
+    let digits: String = input.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    if !matches!(parse(&digits), Err(ReferenceError::CheckDigit)) {
+        return Vec::new();
+    }
+    let bytes = digits.as_bytes();
+    let mut out = std::collections::BTreeSet::new();
+    for i in 0..bytes.len() {
+        for d in b'0'..=b'9' {
+            if d != bytes[i] {
+                let mut c = bytes.to_vec();
+                c[i] = d;
+                if damm_interim(&c) == 0 {
+                    out.insert(String::from_utf8(c).unwrap_or_default());
+                }
+            }
+        }
+        if i + 1 < bytes.len() && bytes[i] != bytes[i + 1] {
+            let mut c = bytes.to_vec();
+            c.swap(i, i + 1);
+            if damm_interim(&c) == 0 {
+                out.insert(String::from_utf8(c).unwrap_or_default());
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// Every code already given out, so a new one is never a repeat. One bit per
 /// possible code (125 kB).
 #[derive(Clone)]
@@ -291,5 +323,40 @@ mod tests {
         assert_eq!(parse("48a1134"), Err(ReferenceError::NotDigits));
         assert_eq!(parse(""), Err(ReferenceError::NotDigits));
         assert_eq!(parse("４８２１１３４"), Err(ReferenceError::NotDigits));
+    }
+
+    #[test]
+    fn corrections_find_the_meant_code() {
+        let code = code_for(482_113);
+        assert!(corrections(&code).is_empty(), "a valid code needs none");
+        assert!(
+            corrections("123456").is_empty(),
+            "legacy codes have no check"
+        );
+        assert!(corrections("12a4567").is_empty());
+        let b = code.as_bytes();
+        for i in 0..7 {
+            for d in b'0'..=b'9' {
+                if d == b[i] {
+                    continue;
+                }
+                let mut typo = b.to_vec();
+                typo[i] = d;
+                let typo = String::from_utf8(typo).unwrap();
+                let found = corrections(&typo);
+                assert!(found.contains(&code), "{typo} -> {found:?}");
+                // Each candidate is valid and one change or swap away.
+                assert!(found.iter().all(|c| is_valid(c)));
+                assert!(found.len() <= 7 * 9 + 6);
+            }
+        }
+        let mut swapped = b.to_vec();
+        let i = (0..6).find(|&i| b[i] != b[i + 1]).unwrap();
+        swapped.swap(i, i + 1);
+        let swapped = String::from_utf8(swapped).unwrap();
+        assert!(corrections(&swapped).contains(&code));
+        // Grouping typed by people is accepted.
+        let spaced = format!("{} {}", &swapped[..3], &swapped[3..]);
+        assert!(corrections(&spaced).contains(&code));
     }
 }

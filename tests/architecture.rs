@@ -17,7 +17,8 @@ const LAYERS: &[&[&str]] = &[
     &["sip", "media", "ivr", "queue", "store", "trunk"],
     // Hosts: call logic that joins the cores; tools on the cores' data.
     &["accounts", "app", "prompts"],
-    // The shell: drivers, sockets, the control socket, start-up.
+    // The shell: drivers, sockets, the control socket, the console and metrics
+    // listeners, start-up, the data subcommands.
     &[
         "control",
         "driver",
@@ -27,6 +28,8 @@ const LAYERS: &[&[&str]] = &[
         "keys",
         "vault",
         "maintenance",
+        "console",
+        "metrics",
     ],
 ];
 
@@ -35,6 +38,9 @@ const SAME_LAYER: &[(&str, &str)] = &[
     ("serve", "driver"),
     ("serve", "vault"),
     ("serve", "maintenance"),
+    ("serve", "console"),
+    ("serve", "metrics"),
+    ("console", "metrics"),
     ("uac", "driver"),
     ("admin", "control"),
     ("admin", "keys"),
@@ -59,6 +65,12 @@ const SHELL_FILES: &[&str] = &[
     "src/keys.rs",
     "src/vault.rs",
     "src/maintenance.rs",
+    // The console's listener, routes and database pool; its sessions, lockout, CSRF
+    // and board rules are sans-IO and checked.
+    "src/console/mod.rs",
+    "src/console/web.rs",
+    "src/console/http.rs",
+    "src/console/db.rs",
 ];
 const SHELL_DIRS: &[&str] = &["src/serve/"];
 

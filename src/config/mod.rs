@@ -42,6 +42,12 @@ pub struct Config {
     /// SIP providers (`[[trunks]]`), see `trunks`.
     #[serde(default)]
     pub trunks: Vec<TrunkConfig>,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub source: String,
@@ -86,6 +92,83 @@ impl Default for OperatorsConfig {
         }
     }
 }
+
+/// The operators' web console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// "ADDR:PORT" the console listens on; "" disables it.
+    pub listen: String,
+    /// Serve HTTPS with the certificate and key of `[tls]`.
+    pub tls: bool,
+    /// A session unused this long ends; none lives longer than `session_max_s`.
+    pub session_idle_s: u64,
+    pub session_max_s: u64,
+    /// Sessions one account may hold at once (the oldest ends first).
+    pub max_sessions_per_account: usize,
+    /// Wrong passwords from one address, and for one account, within the window
+    /// that lock web logins out for `lockout_s`.
+    pub max_login_failures_per_address: u32,
+    pub max_login_failures_per_account: u32,
+    pub login_failure_window_s: u64,
+    pub lockout_s: u64,
+    /// Language of new accounts and of the login page: "uk" or "en".
+    pub default_language: String,
+    /// IANA time zone for dates on the pages, day counters and date filters
+    /// ("" = the system's).
+    pub time_zone: String,
+    /// Reverse proxies whose X-Forwarded-For names the client (for lockout by address).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Shortest interval between two live board updates sent to browsers.
+    pub board_interval_ms: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            listen: "127.0.0.1:8080".into(),
+            tls: false,
+            session_idle_s: 1800,
+            session_max_s: 43_200,
+            max_sessions_per_account: 10,
+            max_login_failures_per_address: 5,
+            max_login_failures_per_account: 20,
+            login_failure_window_s: 600,
+            lockout_s: 900,
+            default_language: "uk".into(),
+            time_zone: String::new(),
+            trusted_proxies: Vec::new(),
+            board_interval_ms: 250,
+        }
+    }
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// "ADDR:PORT" of `/metrics`; "" disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+/// Certificate and key (PEM files) for what hotline serves over TLS.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// Languages the console's catalogues exist in.
+pub const CONSOLE_LANGUAGES: &[&str] = &["uk", "en"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -699,10 +782,86 @@ impl Config {
             }
         }
         trunks::validate(&self.trunks)?;
+        self.validate_console()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err((
                 "log.level".into(),
                 format!("\"{}\" is not a log filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_console(&self) -> Result<(), (String, String)> {
+        let c = &self.console;
+        for (key, listen) in [
+            ("console.listen", &c.listen),
+            ("metrics.listen", &self.metrics.listen),
+        ] {
+            if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
+                return Err((
+                    key.into(),
+                    format!("\"{listen}\" is not ADDR:PORT (or \"\" to disable)"),
+                ));
+            }
+        }
+        if !c.listen.is_empty() && c.listen == self.metrics.listen {
+            return Err((
+                "metrics.listen".into(),
+                "must differ from console.listen".into(),
+            ));
+        }
+        if c.tls {
+            for (key, path) in [
+                ("tls.certificate", &self.tls.certificate),
+                ("tls.private_key", &self.tls.private_key),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err((key.into(), "must be set when console.tls = true".into()));
+                }
+            }
+        }
+        for (key, value) in [
+            ("console.session_idle_s", c.session_idle_s),
+            ("console.session_max_s", c.session_max_s),
+            ("console.login_failure_window_s", c.login_failure_window_s),
+            ("console.lockout_s", c.lockout_s),
+            ("console.board_interval_ms", c.board_interval_ms),
+        ] {
+            if value == 0 {
+                return Err((key.into(), "must be at least 1".into()));
+            }
+        }
+        if c.session_idle_s > c.session_max_s {
+            return Err((
+                "console.session_idle_s".into(),
+                "must not be above console.session_max_s".into(),
+            ));
+        }
+        if c.max_sessions_per_account == 0 {
+            return Err((
+                "console.max_sessions_per_account".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (key, value) in [
+            (
+                "console.max_login_failures_per_address",
+                c.max_login_failures_per_address,
+            ),
+            (
+                "console.max_login_failures_per_account",
+                c.max_login_failures_per_account,
+            ),
+        ] {
+            if value == 0 {
+                return Err((key.into(), "must be at least 1".into()));
+            }
+        }
+        if !CONSOLE_LANGUAGES.contains(&c.default_language.as_str()) {
+            return Err((
+                "console.default_language".into(),
+                format!("\"{}\" is not \"uk\" or \"en\"", c.default_language),
             ));
         }
         Ok(())
@@ -899,6 +1058,31 @@ mod tests {
         assert_eq!(e.key, "trunks[0].expires_s");
         let e = load(&["limits.trusted_sources=[\"not-an-address\"]"]).unwrap_err();
         assert_eq!(e.key, "limits.trusted_sources[0]");
+    }
+
+    #[test]
+    fn console_settings_are_checked() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.console.listen, "127.0.0.1:8080");
+        assert_eq!(c.metrics.listen, "127.0.0.1:9090");
+        assert!(load(&["console.listen=\"\"", "metrics.listen=\"\""]).is_ok());
+        let e = load(&["console.listen=\"localhost\""]).unwrap_err();
+        assert_eq!(e.key, "console.listen");
+        let e = load(&["metrics.listen=\"127.0.0.1:8080\""]).unwrap_err();
+        assert_eq!(e.key, "metrics.listen");
+        let e = load(&["console.tls=true"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hotline.toml: tls.certificate: must be set when console.tls = true"
+        );
+        let e = load(&["console.default_language=\"de\""]).unwrap_err();
+        assert_eq!(e.key, "console.default_language");
+        let e = load(&["console.session_idle_s=100000"]).unwrap_err();
+        assert_eq!(e.key, "console.session_idle_s");
+        let e = load(&["console.lockout_s=0"]).unwrap_err();
+        assert_eq!(e.key, "console.lockout_s");
+        let e = load(&["console.trusted_proxies=[\"proxy\"]"]).unwrap_err();
+        assert_eq!(e.key, "console.trusted_proxies[0]");
     }
 
     #[test]

@@ -39,6 +39,54 @@ impl Drop for LegIo {
 
 pub struct MediaHandle {
     pub commands: mpsc::UnboundedSender<EngineCommand>,
+    /// How late the clock woke for each tick, for the metrics endpoint.
+    pub lateness: Arc<ClockLateness>,
+}
+
+/// Upper bounds of the lateness buckets in microseconds; one more bucket holds the rest.
+pub const LATENESS_BOUNDS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 500_000,
+];
+
+/// How late the shared clock woke for each 20 ms tick against its schedule: every
+/// packet of that tick leaves at least this late. Counters only, so that the clock
+/// task pays a few atomic adds per tick.
+#[derive(Debug, Default)]
+pub struct ClockLateness {
+    buckets: [std::sync::atomic::AtomicU64; LATENESS_BOUNDS_US.len() + 1],
+    sum_us: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+/// Counts per bucket (not cumulative), the sum and the count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatenessCounts {
+    pub buckets: [u64; LATENESS_BOUNDS_US.len() + 1],
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl ClockLateness {
+    pub fn observe(&self, late: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let us = late.as_micros().min(u64::MAX as u128) as u64;
+        let i = LATENESS_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENESS_BOUNDS_US.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    pub fn counts(&self) -> LatenessCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        LatenessCounts {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            sum_us: self.sum_us.load(Relaxed),
+            count: self.count.load(Relaxed),
+        }
+    }
 }
 
 impl MediaHandle {
@@ -49,8 +97,12 @@ impl MediaHandle {
 
 pub fn spawn(cfg: MediaConfig, events: mpsc::UnboundedSender<MediaEvent>) -> MediaHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(cfg, rx, events));
-    MediaHandle { commands: tx }
+    let lateness = Arc::new(ClockLateness::default());
+    tokio::spawn(run(cfg, rx, events, lateness.clone()));
+    MediaHandle {
+        commands: tx,
+        lateness,
+    }
 }
 
 fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
@@ -69,6 +121,7 @@ async fn run(
     cfg: MediaConfig,
     mut commands: mpsc::UnboundedReceiver<EngineCommand>,
     events: mpsc::UnboundedSender<MediaEvent>,
+    lateness: Arc<ClockLateness>,
 ) {
     let mut core = MediaCore::new(cfg, &mut rand::rngs::StdRng::from_entropy());
     let mut io: HashMap<CallId, LegIo> = HashMap::new();
@@ -103,7 +156,8 @@ async fn run(
                 }
             }
             Some(result) = results.recv() => core.on_sink_result(result),
-            _ = clock.tick() => {
+            scheduled = clock.tick() => {
+                lateness.observe(Instant::now().saturating_duration_since(scheduled));
                 core.tick(millis(epoch), &mut |call, remote, packet| {
                     if let Some(leg) = io.get(&call) {
                         // Unreachable or full: the packet is lost like any UDP packet.
@@ -192,5 +246,31 @@ async fn receive(socket: Arc<UdpSocket>, leg: LegHandle, epoch: Instant) {
         leg.lock()
             .unwrap_or_else(|p| p.into_inner())
             .receive(from, &buf[..n], now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lateness_buckets() {
+        let l = ClockLateness::default();
+        for us in [0, 50, 51, 999, 1_000, 1_001, 600_000] {
+            l.observe(Duration::from_micros(us));
+        }
+        let c = l.counts();
+        assert_eq!(c.count, 7);
+        assert_eq!(c.sum_us, 50 + 51 + 999 + 1_000 + 1_001 + 600_000);
+        assert_eq!(c.buckets[0], 2, "0 and 50 us");
+        assert_eq!(c.buckets[1], 1, "51 us");
+        assert_eq!(c.buckets[4], 2, "999 and 1000 us");
+        assert_eq!(c.buckets[5], 1, "1001 us");
+        assert_eq!(
+            c.buckets[LATENESS_BOUNDS_US.len()],
+            1,
+            "above the last bound"
+        );
+        assert_eq!(c.buckets.iter().sum::<u64>(), 7);
     }
 }

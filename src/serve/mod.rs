@@ -7,13 +7,14 @@
 //! sans-IO parts are given. Must not hold call logic.
 
 pub mod answers;
+pub mod live;
 pub mod load;
 pub mod trunks;
 
 use crate::app::{App, AppSetup, Switchboard};
 use crate::call::WallClock;
 use crate::config::{CallerIdPolicy, Config};
-use crate::control::ControlRequest;
+use crate::control::{ControlCommand, ControlRequest};
 use crate::driver::{Driver, Wake};
 use crate::media::engine::{self, InbandPolicy, MediaConfig};
 use crate::privacy::CallerIdFilter;
@@ -142,6 +143,8 @@ enum Extra {
     Control(ControlRequest),
     Store(StoreEvent),
     Trunk(crate::trunk::IoEvent),
+    Console(crate::console::LiveRequest),
+    Figures(crate::metrics::FiguresRequest),
     Stop,
 }
 
@@ -170,6 +173,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         let f = filter.clone();
         Box::new(move |a: &str| f.apply(a)) as store::AddrFilter
     };
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let (store_events_tx, mut store_events) = mpsc::unbounded_channel();
     let store_tx = store::startup::start(
         &cfg,
@@ -177,6 +181,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         Box::new(move |ev| {
             let _ = store_events_tx.send(ev);
         }),
+        live::store_observer(metrics.clone()),
         SystemTime::now(),
     )?;
     crate::maintenance::spawn(&cfg, filter.clone());
@@ -203,6 +208,22 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     );
     let mut control_rx = crate::control::spawn_listener(&crate::control::socket_path(&cfg))
         .map_err(|e| anyhow::anyhow!("control socket: {e}"))?;
+    let (mut live, board) = live::Live::new(&cfg, &accounts, wall, metrics.clone())
+        .map_err(|e| StartError::Config(vec![e]))?;
+    let (live_tx, mut console_rx) = crate::console::live_channel();
+    let (figures_tx, mut figures_rx) = crate::metrics::figures_channel();
+    let wiring = crate::console::Wiring {
+        live: live_tx,
+        board,
+        metrics: metrics.clone(),
+        figures: figures_tx,
+    };
+    let listening = crate::console::start(&cfg, wiring)
+        .await
+        .map_err(|e| match e {
+            crate::console::StartError::Config(e) => StartError::Config(vec![e]),
+            crate::console::StartError::Other(e) => StartError::Other(anyhow::anyhow!(e)),
+        })?;
 
     let (net_tx, net_rx) = transport::input_channel();
     let limits = TcpLimits {
@@ -222,6 +243,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     );
     let (media_ev_tx, media_rx) = mpsc::unbounded_channel();
     let media = engine::spawn(media_config(&cfg), media_ev_tx);
+    metrics.attach_clock(media.lateness.clone());
     let ep = Endpoint::new(
         endpoint_config(&cfg, &filter),
         rand::rngs::StdRng::from_rng(&mut seed).map_err(anyhow::Error::from)?,
@@ -230,6 +252,13 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     );
     let mut driver = Driver::new(transports, media, net_rx, media_rx);
     driver.trunk_io = Some(trunk_io);
+    let scheme = if cfg.console.tls { "https" } else { "http" };
+    if let Some(a) = listening.console {
+        println!("hotline: console listening on {scheme}://{a}");
+    }
+    if let Some(a) = listening.metrics {
+        println!("hotline: metrics listening on http://{a}/metrics");
+    }
     for b in &driver.transports.bound {
         println!("hotline: SIP listening on {b}");
     }
@@ -253,10 +282,16 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     }
     tracing::info!("hotline started");
 
+    live.after_wake(&sb, Instant::now());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stop_by: Option<Instant> = None;
     loop {
-        let deadline = sb.poll_timeout().into_iter().chain(stop_by).min();
+        let deadline = sb
+            .poll_timeout()
+            .into_iter()
+            .chain(stop_by)
+            .chain(live.deadline())
+            .min();
         let stopping = stop_by.is_some();
         let extra = async {
             tokio::select! {
@@ -265,6 +300,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 Some(req) = control_rx.recv() => Extra::Control(req),
                 Some(ev) = store_events.recv() => Extra::Store(ev),
                 Some(ev) = trunk_events.recv() => Extra::Trunk(ev),
+                Some(req) = console_rx.recv() => Extra::Console(req),
+                Some(req) = figures_rx.recv() => Extra::Figures(req),
             }
         };
         let wake = driver.wait(&mut sb.ep, deadline, extra).await;
@@ -292,19 +329,30 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             Wake::Other(Extra::Control(req)) => {
                 // The sealing commands are answered by the vault.
                 if let Some(req) = vault.handle(req) {
+                    let accounts_changed = req.command == ControlCommand::OperatorsChanged;
                     let reply = answers::control(&mut sb, &driver, &accounts, &cfg, req.command);
                     sb.after_input(now);
                     let _ = req.reply.send(reply);
+                    if accounts_changed {
+                        live.reload_accounts(&accounts);
+                    }
                 }
             }
             Wake::Other(Extra::Store(ev)) => sb.on_store_event(ev, now),
             Wake::Other(Extra::Trunk(ev)) => sb.on_trunk_event(ev, now),
+            Wake::Other(Extra::Console(req)) => {
+                live.console(&mut sb, &accounts, &cfg, req, now);
+                sb.after_input(now);
+            }
+            Wake::Other(Extra::Figures(req)) => live.figures(&sb, &driver, req, now),
         }
         while let Some(effect) = sb.poll_effect() {
+            live.effect(&effect);
             driver.apply(effect, &mut |cmd| {
                 let _ = store_tx.send(cmd);
             });
         }
+        live.after_wake(&sb, now);
         if stop_by.is_some() && sb.ep.call_count() == 0 && sb.trunks.all_stopped() {
             break;
         }

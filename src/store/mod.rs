@@ -4,6 +4,7 @@
 //! module tree. Must not know about SIP beyond the event types it stores.
 
 pub mod backup;
+pub mod console;
 pub mod details;
 mod operators;
 mod queries;
@@ -17,8 +18,9 @@ pub use writer::*;
 
 pub use operators::{
     all_operator_hashes, check_name, insert_operator, list_operators, operator_hashes,
-    operator_username, remove_operator, update_operator_hashes, NewOperator, OperatorError,
-    OperatorRow, PasswordHashes, MAX_NAME_CHARS,
+    operator_username, remove_operator, set_language, set_role, update_operator_hashes,
+    web_account, NewOperator, OperatorError, OperatorRow, PasswordHashes, Role, WebAccount,
+    MAX_NAME_CHARS,
 };
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -143,6 +145,42 @@ const MIGRATIONS: &[&str] = &[
         waited_ms INTEGER NOT NULL DEFAULT 0,
         recordings INTEGER NOT NULL DEFAULT 0
     );",
+    // 7: the console: web logins (Argon2id hash, role, language), notes and handled
+    // marks on calls, and an append-only audit log of who listened to, exported or
+    // annotated what
+    "ALTER TABLE operators ADD COLUMN role TEXT NOT NULL DEFAULT 'operator'
+        CHECK (role IN ('operator', 'supervisor'));
+    ALTER TABLE operators ADD COLUMN web_hash TEXT;
+    ALTER TABLE operators ADD COLUMN language TEXT;
+    CREATE TABLE call_notes (
+        id INTEGER PRIMARY KEY,
+        call_id INTEGER NOT NULL REFERENCES calls(id),
+        author TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX call_notes_call ON call_notes(call_id);
+    CREATE TABLE call_handled (
+        call_id INTEGER PRIMARY KEY REFERENCES calls(id),
+        handled_by TEXT NOT NULL,
+        handled_at TEXT NOT NULL
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        call_id INTEGER,
+        recording_id INTEGER,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_log_call ON audit_log(call_id);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE INDEX recordings_kind ON recordings(kind, id);
+    CREATE INDEX queue_events_at ON queue_events(at);",
 ];
 
 pub fn rfc3339(t: SystemTime) -> String {

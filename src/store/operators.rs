@@ -20,6 +20,57 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub struct PasswordHashes {
     pub ha1_md5: String,
     pub ha1_sha256: String,
+    /// Argon2id (PHC string) for console logins; empty for an account created before
+    /// the console existed, which cannot log in there until its next `passwd`.
+    pub web: String,
+}
+
+/// What an account may do in the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Operator,
+    Supervisor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Supervisor => "supervisor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "operator" => Some(Role::Operator),
+            "supervisor" => Some(Role::Supervisor),
+            _ => None,
+        }
+    }
+}
+
+/// An account as a console login sees it.
+#[derive(Clone)]
+pub struct WebAccount {
+    pub name: String,
+    pub sip_username: String,
+    pub role: Role,
+    /// Empty: no web password set yet.
+    pub web_hash: String,
+    /// None: the configured default.
+    pub language: Option<String>,
+    /// Changes with every new password: sessions opened before are void.
+    pub password_changed_at: String,
+}
+
+impl std::fmt::Debug for WebAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebAccount")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for PasswordHashes {
@@ -40,6 +91,7 @@ pub struct NewOperator {
 pub struct OperatorRow {
     pub name: String,
     pub sip_username: String,
+    pub role: Role,
     pub created_at: String,
     /// The latest state recorded for this operator since the account was created.
     pub last_state: Option<String>,
@@ -131,6 +183,7 @@ pub fn insert_operator(
     conn: &Connection,
     name: &str,
     realm: &str,
+    role: Role,
     usernames: &mut dyn Iterator<Item = String>,
     hash: &dyn Fn(&str) -> PasswordHashes,
     now: SystemTime,
@@ -146,9 +199,9 @@ pub fn insert_operator(
         }
         let hashes = hash(&user);
         let inserted = conn.execute(
-            "INSERT INTO operators (name, sip_username, realm, ha1_md5, ha1_sha256, created_at, password_changed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![name, user, realm, hashes.ha1_md5, hashes.ha1_sha256, now],
+            "INSERT INTO operators (name, sip_username, realm, ha1_md5, ha1_sha256, created_at, password_changed_at, web_hash, role)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
+            params![name, user, realm, hashes.ha1_md5, hashes.ha1_sha256, now, hashes.web, role.as_str()],
         );
         match inserted {
             Ok(_) => return Ok(user),
@@ -168,7 +221,7 @@ pub fn list_operators(conn: &Connection) -> rusqlite::Result<Vec<OperatorRow>> {
     // Events are kept when an account is removed; a later account with the same name
     // must not inherit them, hence the comparison with created_at.
     let mut stmt = conn.prepare(
-        "SELECT o.name, o.sip_username, o.created_at, e.state, e.at
+        "SELECT o.name, o.sip_username, o.created_at, e.state, e.at, o.role
          FROM operators o
          LEFT JOIN operator_events e ON e.id = (
              SELECT id FROM operator_events
@@ -178,6 +231,7 @@ pub fn list_operators(conn: &Connection) -> rusqlite::Result<Vec<OperatorRow>> {
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(OperatorRow {
+            role: Role::parse(&r.get::<_, String>(5)?).unwrap_or(Role::Operator),
             name: r.get(0)?,
             sip_username: r.get(1)?,
             created_at: r.get(2)?,
@@ -219,7 +273,8 @@ pub fn update_operator_hashes(
     now: SystemTime,
 ) -> Result<(), OperatorError> {
     let n = conn.execute(
-        "UPDATE operators SET realm = ?1, ha1_md5 = ?2, ha1_sha256 = ?3, password_changed_at = ?4
+        "UPDATE operators SET realm = ?1, ha1_md5 = ?2, ha1_sha256 = ?3, password_changed_at = ?4,
+             web_hash = ?7
          WHERE name = ?5 AND sip_username = ?6",
         params![
             realm,
@@ -227,7 +282,8 @@ pub fn update_operator_hashes(
             hashes.ha1_sha256,
             super::rfc3339(now),
             name,
-            user
+            user,
+            hashes.web
         ],
     )?;
     if n == 0 {
@@ -246,27 +302,24 @@ pub fn operator_hashes(
 ) -> rusqlite::Result<Option<(String, PasswordHashes)>> {
     let row = conn
         .query_row(
-            "SELECT name, realm, ha1_md5, ha1_sha256 FROM operators WHERE sip_username = ?1",
+            "SELECT name, realm, ha1_md5, ha1_sha256, COALESCE(web_hash, '')
+             FROM operators WHERE sip_username = ?1",
             params![sip_username],
             |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
+                    PasswordHashes {
+                        ha1_md5: r.get(2)?,
+                        ha1_sha256: r.get(3)?,
+                        web: r.get(4)?,
+                    },
                 ))
             },
         )
         .optional()?;
-    Ok(row.and_then(|(name, stored_realm, ha1_md5, ha1_sha256)| {
-        (stored_realm == realm).then_some((
-            name,
-            PasswordHashes {
-                ha1_md5,
-                ha1_sha256,
-            },
-        ))
-    }))
+    Ok(row
+        .and_then(|(name, stored_realm, hashes)| (stored_realm == realm).then_some((name, hashes))))
 }
 
 /// Every account's SIP username and stored hashes for `realm` (the registrar holds
@@ -276,7 +329,8 @@ pub fn all_operator_hashes(
     realm: &str,
 ) -> rusqlite::Result<Vec<(String, String, PasswordHashes)>> {
     let mut stmt = conn.prepare(
-        "SELECT sip_username, name, ha1_md5, ha1_sha256 FROM operators WHERE realm = ?1",
+        "SELECT sip_username, name, ha1_md5, ha1_sha256, COALESCE(web_hash, '')
+         FROM operators WHERE realm = ?1",
     )?;
     let rows = stmt.query_map(params![realm], |r| {
         Ok((
@@ -285,8 +339,51 @@ pub fn all_operator_hashes(
             PasswordHashes {
                 ha1_md5: r.get(2)?,
                 ha1_sha256: r.get(3)?,
+                web: r.get(4)?,
             },
         ))
     })?;
     rows.collect()
+}
+
+/// The account called `name` as a console login needs it.
+pub fn web_account(conn: &Connection, name: &str) -> rusqlite::Result<Option<WebAccount>> {
+    conn.query_row(
+        "SELECT name, sip_username, role, COALESCE(web_hash, ''), language, password_changed_at
+         FROM operators WHERE name = ?1",
+        params![name],
+        |r| {
+            Ok(WebAccount {
+                name: r.get(0)?,
+                sip_username: r.get(1)?,
+                role: Role::parse(&r.get::<_, String>(2)?).unwrap_or(Role::Operator),
+                web_hash: r.get(3)?,
+                language: r.get(4)?,
+                password_changed_at: r.get(5)?,
+            })
+        },
+    )
+    .optional()
+}
+
+pub fn set_role(conn: &Connection, name: &str, role: Role) -> Result<(), OperatorError> {
+    let n = conn.execute(
+        "UPDATE operators SET role = ?1 WHERE name = ?2",
+        params![role.as_str(), name],
+    )?;
+    if n == 0 {
+        return Err(OperatorError::NotFound(name.to_string()));
+    }
+    Ok(())
+}
+
+pub fn set_language(conn: &Connection, name: &str, language: &str) -> Result<(), OperatorError> {
+    let n = conn.execute(
+        "UPDATE operators SET language = ?1 WHERE name = ?2",
+        params![language, name],
+    )?;
+    if n == 0 {
+        return Err(OperatorError::NotFound(name.to_string()));
+    }
+    Ok(())
 }

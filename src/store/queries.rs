@@ -86,7 +86,7 @@ pub fn stored_references(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 }
 
 /// `filter` is a fixed SQL `WHERE` clause (or nothing) that may use `?2` for `arg`.
-fn calls_where(
+pub(super) fn calls_where(
     conn: &Connection,
     filter: &str,
     arg: Option<&str>,

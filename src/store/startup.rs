@@ -18,6 +18,7 @@ pub fn start(
     cfg: &Config,
     addr_filter: AddrFilter,
     events: Box<dyn Fn(super::StoreEvent) + Send>,
+    observer: super::BatchObserver,
     now: std::time::SystemTime,
 ) -> anyhow::Result<mpsc::Sender<StoreCommand>> {
     let db = cfg.database_path();
@@ -39,6 +40,7 @@ pub fn start(
         }
     }
     let options = WriterOptions {
+        observer: Some(observer),
         sealer,
         seal_caller: cfg.privacy.caller_id == CallerIdPolicy::Keep,
     };

@@ -338,6 +338,7 @@ fn with_recipients_details_and_recordings_are_sealed() {
     let options = WriterOptions {
         sealer: seal::Sealer::new(vec![id.to_public()]),
         seal_caller: true,
+        ..Default::default()
     };
     let (stored_tx, stored_rx) = mpsc::channel();
     let stored_tx = std::sync::Mutex::new(stored_tx);

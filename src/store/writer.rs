@@ -68,7 +68,7 @@ pub enum StoreCommand {
         talk_ms: u64,
     },
     /// An operator's state changed. States: offline, available, ringing, on_call,
-    /// wrap_up, paused; sources: registrar, phone, cli, queue.
+    /// wrap_up, paused; sources: registrar, phone, cli, console, queue.
     OperatorState {
         operator: String,
         state: &'static str,
@@ -96,9 +96,23 @@ pub struct SealDone {
     result: Result<seal::SealedFile, seal::SealError>,
 }
 
-/// How the writer stores what concerns the caller.
-#[derive(Clone, Default)]
+/// What the writer tells an observer about each batch; the observer (in the shell)
+/// may time the stages, the store itself reads no clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStage {
+    /// A batch was taken from the queue; its transaction starts now.
+    Begin,
+    /// The batch's transaction committed (`ok`) or failed.
+    Done { commands: usize, ok: bool },
+}
+
+pub type BatchObserver = Box<dyn FnMut(BatchStage) + Send>;
+
+/// How the writer stores what concerns the caller, and who watches its batches.
+#[derive(Default)]
 pub struct WriterOptions {
+    /// Called on the writer's thread around each batch (metrics).
+    pub observer: Option<BatchObserver>,
     /// Seal recordings and call details to these recipients (None: store in clear).
     pub sealer: Option<std::sync::Arc<seal::Sealer>>,
     /// Also seal the caller's number and address (the caller-ID policy keeps them in
@@ -143,6 +157,7 @@ pub fn spawn_writer_with(
         );
     }
     let (tx, rx) = mpsc::channel::<StoreCommand>();
+    let observer = options.observer.unwrap_or_else(|| Box::new(|_| {}));
     let thread_err = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
     let sealing = match &options.sealer {
         Some(sealer) => {
@@ -173,7 +188,7 @@ pub fn spawn_writer_with(
         .unwrap_or_else(|| PathBuf::from("."));
     std::thread::Builder::new()
         .name("store".into())
-        .spawn(move || writer(conn, rx, addr_filter, events, sealing, data_dir))
+        .spawn(move || writer(conn, rx, addr_filter, events, sealing, data_dir, observer))
         .map_err(thread_err)?;
     Ok(tx)
 }
@@ -193,6 +208,7 @@ fn writer(
     events: Box<dyn Fn(StoreEvent) + Send>,
     mut sealing: Option<Sealing>,
     data_dir: PathBuf,
+    mut observer: BatchObserver,
 ) {
     let mut rows: HashMap<CallId, i64> = HashMap::new();
     let mut ended: std::collections::VecDeque<CallId> = std::collections::VecDeque::new();
@@ -210,6 +226,8 @@ fn writer(
         let mut flushes = Vec::new();
         let mut replies = Vec::new();
         let mut ended_now = Vec::new();
+        let commands = batch.len();
+        observer(BatchStage::Begin);
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             for cmd in batch {
@@ -309,6 +327,10 @@ fn writer(
             tx.commit()
         })();
         let committed = result.is_ok();
+        observer(BatchStage::Done {
+            commands,
+            ok: committed,
+        });
         if let Err(e) = result {
             tracing::error!("database write failed: {e}");
         }

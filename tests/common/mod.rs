@@ -20,6 +20,10 @@ pub struct Server {
     pub tcp: SocketAddr,
     pub log: PathBuf,
     pub overrides: Vec<String>,
+    /// The web console and `/metrics`, when the test turned them on (off by default,
+    /// so that parallel servers do not fight over their default ports).
+    pub console: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Server {
@@ -33,6 +37,8 @@ impl Server {
         let mut overrides = vec![
             r#"sip.listen=["udp:127.0.0.1:0","tcp:127.0.0.1:0"]"#.to_string(),
             format!("storage.data_dir=\"{}\"", dir.path().join("data").display()),
+            "console.listen=\"\"".to_string(),
+            "metrics.listen=\"\"".to_string(),
         ];
         overrides.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(bin());
@@ -51,6 +57,7 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let (mut udp, mut tcp) = (None, None);
+        let (mut console, mut metrics) = (None, None);
         while udp.is_none() || tcp.is_none() {
             let line = lines
                 .next()
@@ -65,6 +72,12 @@ impl Server {
                 udp = Some(rest.parse().expect("udp addr"));
             } else if let Some(rest) = line.strip_prefix("hotline: SIP listening on tcp:") {
                 tcp = Some(rest.parse().expect("tcp addr"));
+            } else if let Some(rest) = line.strip_prefix("hotline: console listening on ") {
+                let addr = rest.split("://").nth(1).expect("console url");
+                console = Some(addr.parse().expect("console addr"));
+            } else if let Some(rest) = line.strip_prefix("hotline: metrics listening on http://") {
+                let addr = rest.trim_end_matches("/metrics");
+                metrics = Some(addr.parse().expect("metrics addr"));
             }
         }
         // Keep draining stdout so the server never blocks on a full pipe.
@@ -76,6 +89,8 @@ impl Server {
             tcp: tcp.expect("tcp"),
             log,
             overrides,
+            console,
+            metrics,
         }
     }
 
