@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "hotline", about = "SIP voice hotline")]
+#[command(name = "hotline", version, about = "SIP voice hotline")]
 struct Cli {
     /// Configuration file (default: config/hotline.toml, else the embedded defaults).
     #[arg(long, global = true)]
@@ -26,8 +26,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the hotline.
-    Serve,
+    /// Run the hotline. SIGHUP reloads the configuration, flow and prompts for new
+    /// calls; SIGTERM stops.
+    Serve {
+        /// On SIGTERM, refuse new calls and give calls in progress this long to end
+        /// before hanging them up.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        drain: u64,
+    },
     /// Validate the configuration, the flow, the prompts' levels and the time callers
     /// take through the flow; exit 0 if usable, 2 if not.
     Check {
@@ -276,8 +282,10 @@ impl StateArg {
 fn init_logs(cfg: &Config, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    // Colour codes only for a person at a terminal, never into journald or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json || cfg.log.format == LogFormat::Json {
         builder.json().init();
@@ -298,7 +306,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { paths, json } => check(&cfg, &file, paths, json),
         Command::Prompts { command } => prompts(&cfg, command),
-        Command::Serve => {
+        Command::Serve { drain } => {
             init_logs(&cfg, cli.log_json);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -310,7 +318,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(hotline::serve::run(cfg)) {
+            let (config, set) = (cli.config.clone(), cli.set.clone());
+            let options = hotline::serve::ServeOptions {
+                drain: Duration::from_secs(drain),
+                reload: Box::new(move || {
+                    Config::load(config.as_deref(), &set)
+                        .map(|(cfg, _)| cfg)
+                        .map_err(|e| vec![e.to_string()])
+                }),
+            };
+            match rt.block_on(hotline::serve::run(cfg, options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(hotline::serve::StartError::Config(errors)) => {
                     for e in errors {
@@ -446,6 +463,7 @@ fn check(cfg: &Config, file: &str, paths: bool, json: bool) -> ExitCode {
         Ok(catalog) => hotline::prompts::level_problems(&cfg.prompts.dir, &catalog),
         Err(errors) => errors,
     };
+    problems.extend(hotline::serve::load::data_dir_problem(cfg));
     let inputs = PathInputs {
         prompt_lengths: hotline::prompts::played_lengths(&prompts),
         no_speech: Duration::from_millis(u64::from(

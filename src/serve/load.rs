@@ -52,6 +52,24 @@ pub fn call_flow(cfg: &Config) -> Result<(Arc<Flow>, Arc<PromptSet>), Vec<String
             ));
         }
     }
+    // A priority rule on an answer the flow never stores would silently never match.
+    let stored: std::collections::BTreeSet<&str> = flow
+        .nodes
+        .values()
+        .filter_map(|node| match node {
+            ivr::Node::Menu(m) => m.store_as.as_deref(),
+            ivr::Node::Collect(c) => c.store_as.as_deref(),
+            _ => None,
+        })
+        .collect();
+    for (i, rule) in cfg.queue.priority_answers.iter().enumerate() {
+        let key = rule.split_once('=').map_or(rule.as_str(), |(k, _)| k);
+        if !stored.contains(key) {
+            missing.push(format!(
+                "{config_file}: queue.priority_answers[{i}]: no node of {flow_file} stores an answer as \"{key}\""
+            ));
+        }
+    }
     if !missing.is_empty() {
         return Err(missing);
     }
@@ -59,4 +77,67 @@ pub fn call_flow(cfg: &Config) -> Result<(Arc<Flow>, Arc<PromptSet>), Vec<String
     let prompts = PromptSet::load_dir_with(&cfg.prompts.dir, &id_refs, &PromptLimits::default())
         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     Ok((Arc::new(flow), Arc::new(prompts)))
+}
+
+/// The limits of `[flow]` (`max_seconds_to_queue`, `max_seconds_to_voicemail`) that
+/// the flow with these prompts exceeds, as `hotline check` reports them.
+pub fn path_limit_problems(flow: &Arc<Flow>, prompts: &PromptSet) -> Vec<String> {
+    use crate::ivr::paths::{check_limits, timed_paths, PathInputs};
+    let inputs = PathInputs {
+        prompt_lengths: crate::prompts::played_lengths(prompts),
+        no_speech: std::time::Duration::from_millis(u64::from(
+            crate::media::voicemail::VoicemailStopConfig::default().no_speech_timeout_ms,
+        )),
+        reference_digits: crate::reference::CODE_DIGITS,
+    };
+    let report = timed_paths(flow, &inputs, std::time::Instant::now());
+    check_limits(flow, &report)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Whether `serve` could create (or use) the data directory: it exists as a directory,
+/// or its nearest existing ancestor is a directory this user may write to.
+pub fn data_dir_problem(cfg: &Config) -> Option<String> {
+    let dir = &cfg.storage.data_dir;
+    let key = format!("{}: storage.data_dir", source_name(cfg));
+    let mut at = dir.as_path();
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => {
+                return can_create_in(at)
+                    .err()
+                    .map(|e| format!("{key}: cannot create in {}: {e}", at.display()));
+            }
+            Ok(_) => {
+                return Some(format!(
+                    "{key}: {} exists and is not a directory",
+                    at.display()
+                ))
+            }
+            Err(e) => match at.parent() {
+                Some(p) if !p.as_os_str().is_empty() => at = p,
+                // A relative path with no existing part: it goes in the current directory.
+                _ if at != std::path::Path::new(".") => at = std::path::Path::new("."),
+                _ => return Some(format!("{key}: {}: {e}", at.display())),
+            },
+        }
+    }
+}
+
+fn source_name(cfg: &Config) -> &str {
+    if cfg.source.is_empty() {
+        "configuration"
+    } else {
+        cfg.source.as_str()
+    }
+}
+
+/// Creates and removes a directory in `dir`: the only test that answers for every
+/// user, root on a read-only or virtual file system included.
+fn can_create_in(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".hotline-check-{}", std::process::id()));
+    std::fs::create_dir(&probe)?;
+    std::fs::remove_dir(&probe)
 }

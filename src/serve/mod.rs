@@ -7,6 +7,7 @@
 //! sans-IO parts are given. Must not hold call logic.
 
 pub mod answers;
+pub mod lifecycle;
 pub mod live;
 pub mod load;
 pub mod trunks;
@@ -25,6 +26,8 @@ use crate::sip::registrar::RegistrarConfig;
 use crate::sip::transport::{self, TcpLimits};
 use crate::sip::{Endpoint, EndpointConfig, TimerConfig};
 use crate::store::{self, StoreCommand, StoreEvent};
+use lifecycle::Phase;
+pub use lifecycle::ServeOptions;
 use rand::SeedableRng;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -146,9 +149,15 @@ enum Extra {
     Console(crate::console::LiveRequest),
     Figures(crate::metrics::FiguresRequest),
     Stop,
+    Reload,
 }
 
-pub async fn run(cfg: Config) -> Result<(), StartError> {
+pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Before anything else: from here on SIGHUP reloads and SIGTERM stops in order,
+    // instead of killing the process.
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let (flow, prompts) = load::call_flow(&cfg).map_err(StartError::Config)?;
     let mut trunk_seed = rand::rngs::StdRng::from_entropy();
     let provider_trunks = trunks::from_config(&cfg, &mut trunk_seed).map_err(StartError::Config)?;
@@ -283,20 +292,24 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     tracing::info!("hotline started");
 
     live.after_wake(&sb, Instant::now());
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut stop_by: Option<Instant> = None;
+    lifecycle::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = lifecycle::watchdog_interval();
+    let mut watchdog_due = watchdog.map(|i| Instant::now() + i);
+    let mut phase = Phase::Running;
     loop {
         let deadline = sb
             .poll_timeout()
             .into_iter()
-            .chain(stop_by)
+            .chain(phase.deadline())
             .chain(live.deadline())
+            .chain(watchdog_due)
             .min();
-        let stopping = stop_by.is_some();
+        let hanging_up = phase.hanging_up();
         let extra = async {
             tokio::select! {
-                _ = tokio::signal::ctrl_c(), if !stopping => Extra::Stop,
-                _ = sigterm.recv(), if !stopping => Extra::Stop,
+                _ = tokio::signal::ctrl_c(), if !hanging_up => Extra::Stop,
+                _ = sigterm.recv(), if !hanging_up => Extra::Stop,
+                _ = sighup.recv() => Extra::Reload,
                 Some(req) = control_rx.recv() => Extra::Control(req),
                 Some(ev) = store_events.recv() => Extra::Store(ev),
                 Some(ev) = trunk_events.recv() => Extra::Trunk(ev),
@@ -311,20 +324,25 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             Wake::Media(ev) => sb.on_media_event(ev, now),
             Wake::Timer => {
                 sb.handle_timeout(now);
-                if stop_by.is_some_and(|t| t <= now) {
-                    break;
+                if let (Some(interval), Some(due)) = (watchdog, watchdog_due) {
+                    if due <= now {
+                        lifecycle::notify(&[sd_notify::NotifyState::Watchdog]);
+                        watchdog_due = Some(now + interval);
+                    }
+                }
+                match phase {
+                    Phase::Draining { until } if until <= now => {
+                        phase = lifecycle::hang_up(&mut sb, now)
+                    }
+                    Phase::HangingUp { until } if until <= now => break,
+                    _ => {}
                 }
             }
             Wake::Other(Extra::Stop) => {
-                tracing::info!(
-                    calls = sb.ep.call_count(),
-                    "shutting down: hanging up every call"
-                );
-                sb.ep.hangup_all(now);
-                sb.shutdown_trunks(now);
-                sb.after_input(now);
-                // BYE transactions get a few seconds to complete.
-                stop_by = Some(now + Duration::from_secs(3));
+                phase = lifecycle::stop(&mut sb, phase, options.drain, now);
+            }
+            Wake::Other(Extra::Reload) => {
+                lifecycle::reload(&mut sb, &mut cfg, &options);
             }
             Wake::Other(Extra::Control(req)) => {
                 // The sealing commands are answered by the vault.
@@ -346,6 +364,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             }
             Wake::Other(Extra::Figures(req)) => live.figures(&sb, &driver, req, now),
         }
+        if matches!(phase, Phase::Draining { .. }) && sb.ep.call_count() == 0 {
+            tracing::info!("drained: no call left");
+            phase = lifecycle::hang_up(&mut sb, now);
+        }
         while let Some(effect) = sb.poll_effect() {
             live.effect(&effect);
             driver.apply(effect, &mut |cmd| {
@@ -353,10 +375,11 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             });
         }
         live.after_wake(&sb, now);
-        if stop_by.is_some() && sb.ep.call_count() == 0 && sb.trunks.all_stopped() {
+        if phase.hanging_up() && sb.ep.call_count() == 0 && sb.trunks.all_stopped() {
             break;
         }
     }
+    let _ = std::fs::remove_file(crate::control::socket_path(&cfg));
     let (ftx, frx) = std::sync::mpsc::channel();
     // Every row committed, pending seals done, the WAL folded into hotline.db.
     let _ = store_tx.send(StoreCommand::Checkpoint(ftx));

@@ -183,6 +183,8 @@ pub struct Endpoint {
     next_call: CallId,
     /// Calls not yet terminating, for the `max_calls` limit.
     active: usize,
+    /// Shutting down: new calls get 503, calls in progress go on.
+    refusing_new_calls: bool,
     stats: Stats,
 }
 
@@ -256,6 +258,7 @@ impl Endpoint {
             dialogs: HashMap::new(),
             next_call: 1,
             active: 0,
+            refusing_new_calls: false,
             stats: Stats::default(),
         }
     }
@@ -617,6 +620,12 @@ impl Endpoint {
             direction: Direction::Inbound,
             at: self.t.wall(now),
         };
+        if self.refusing_new_calls {
+            self.admission.call_ended(peer.remote.ip());
+            let retry = [("Retry-After".into(), "60".into())];
+            let reason = EndReason::Shutdown;
+            return self.refuse_invite(now, key, &req, started, 503, &retry, reason, "stopping");
+        }
         if self.active >= self.cfg.max_calls {
             self.admission.call_ended(peer.remote.ip());
             self.stats.busy += 1;
@@ -960,6 +969,12 @@ impl Endpoint {
             None => return,
         };
         self.settle(now, call, outcome);
+    }
+
+    /// New calls are refused with 503 from now on (a drain before shutdown); calls in
+    /// progress and operators' registrations go on.
+    pub fn stop_admitting(&mut self) {
+        self.refusing_new_calls = true;
     }
 
     /// Ends every call (server shutdown).

@@ -33,6 +33,11 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        Self::start_in_with(dir, &[], extra)
+    }
+
+    /// [`Server::start_in`] with options of `hotline serve` itself (e.g. `--drain`).
+    pub fn start_in_with(dir: tempfile::TempDir, serve_args: &[&str], extra: &[&str]) -> Server {
         let log = dir.path().join("server.log");
         let mut overrides = vec![
             r#"sip.listen=["udp:127.0.0.1:0","tcp:127.0.0.1:0"]"#.to_string(),
@@ -42,7 +47,7 @@ impl Server {
         ];
         overrides.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(bin());
-        cmd.arg("serve");
+        cmd.arg("serve").args(serve_args);
         for o in &overrides {
             cmd.arg("--set").arg(o);
         }
