@@ -89,7 +89,7 @@ fn caller_leaves_no_trace(policy: &str) {
         pkt.extend_from_slice(&seq.to_be_bytes());
         pkt.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
         pkt.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-        pkt.extend(std::iter::repeat(0xffu8).take(160));
+        pkt.extend(std::iter::repeat_n(0xffu8, 160));
         rtp.send_to(&pkt, server_media).unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
