@@ -365,6 +365,19 @@ pub struct LimitsConfig {
     /// Seconds a source that keeps exceeding its limits is ignored (0: never).
     #[serde(default = "default_ban_s")]
     pub ban_s: u64,
+    /// Stream connections (TCP and TLS together) held at once.
+    #[serde(default = "default_max_tcp_connections")]
+    pub max_tcp_connections: usize,
+    /// Seconds a SIP message on a stream may take once its first byte arrived.
+    #[serde(default = "default_tcp_message_timeout")]
+    pub tcp_message_timeout_s: u64,
+}
+
+fn default_max_tcp_connections() -> usize {
+    1000
+}
+fn default_tcp_message_timeout() -> u64 {
+    10
 }
 
 fn default_max_calls_per_source() -> u32 {
@@ -555,6 +568,18 @@ impl Config {
             return Err((
                 "sip.tcp_max_connections_per_source".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_tcp_connections == 0 {
+            return Err((
+                "limits.max_tcp_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.limits.tcp_message_timeout_s) {
+            return Err((
+                "limits.tcp_message_timeout_s".into(),
+                "must be between 1 and 300".into(),
             ));
         }
         if self.limits.max_calls == 0 {

@@ -209,6 +209,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         idle_timeout: Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
         max_per_source: cfg.sip.tcp_max_connections_per_source,
         max_message: cfg.sip.max_message_bytes,
+        max_connections: cfg.limits.max_tcp_connections,
+        message_timeout: Duration::from_secs(cfg.limits.tcp_message_timeout_s),
     };
     let transports = transport::bind(&cfg.sip.listen, limits, net_tx.clone()).await?;
     let (trunk_ev_tx, mut trunk_events) = mpsc::unbounded_channel();

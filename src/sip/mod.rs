@@ -17,6 +17,7 @@ mod outbound;
 pub mod raw;
 pub mod registrar;
 pub mod scan;
+pub mod stream_limits;
 pub mod transaction;
 mod transactions;
 pub mod transport;
