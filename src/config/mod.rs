@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub mod tls;
 pub mod trunks;
 pub use trunks::{Cidr, SipTarget, SipTransport, TrunkConfig};
 
@@ -42,6 +43,9 @@ pub struct Config {
     /// SIP providers (`[[trunks]]`), see `trunks`.
     #[serde(default)]
     pub trunks: Vec<TrunkConfig>,
+    /// The TLS listener's certificate and the authorities for trunks (`[tls]`).
+    #[serde(default)]
+    pub tls: tls::TlsConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub source: String,
@@ -188,6 +192,7 @@ fn default_tcp_per_source() -> usize {
 pub enum Protocol {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl fmt::Display for Protocol {
@@ -195,6 +200,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Udp => "udp",
             Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
         })
     }
 }
@@ -211,13 +217,14 @@ impl std::str::FromStr for ListenAddr {
     fn from_str(s: &str) -> Result<Self, String> {
         let (proto, rest) = s
             .split_once(':')
-            .ok_or_else(|| format!("\"{s}\" is not of the form udp:ADDR:PORT or tcp:ADDR:PORT"))?;
+            .ok_or_else(|| format!("\"{s}\" is not of the form udp|tcp|tls:ADDR:PORT"))?;
         let protocol = match proto.to_ascii_lowercase().as_str() {
             "udp" => Protocol::Udp,
             "tcp" => Protocol::Tcp,
+            "tls" => Protocol::Tls,
             other => {
                 return Err(format!(
-                    "\"{s}\": unknown transport \"{other}\" (udp or tcp)"
+                    "\"{s}\": unknown transport \"{other}\" (udp, tcp or tls)"
                 ))
             }
         };
@@ -724,6 +731,7 @@ impl Config {
             }
         }
         trunks::validate(&self.trunks)?;
+        tls::validate(&self.tls, &self.sip.listen)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err((
                 "log.level".into(),

@@ -18,6 +18,7 @@ pub mod raw;
 pub mod registrar;
 pub mod scan;
 pub mod stream_limits;
+pub mod tls;
 pub mod transaction;
 mod transactions;
 pub mod transport;

@@ -71,6 +71,8 @@ pub struct TransportStats {
     pub tcp_refused: AtomicU64,
     /// Connections closed because a message did not complete in time.
     pub tcp_message_timeouts: AtomicU64,
+    /// TLS connections whose handshake failed or took too long.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -79,6 +81,7 @@ pub struct TransportCounts {
     pub queue_full: u64,
     pub tcp_refused: u64,
     pub tcp_message_timeouts: u64,
+    pub tls_handshake_failures: u64,
 }
 
 impl TransportStats {
@@ -88,6 +91,7 @@ impl TransportStats {
             queue_full: self.queue_full.load(Ordering::Relaxed),
             tcp_refused: self.tcp_refused.load(Ordering::Relaxed),
             tcp_message_timeouts: self.tcp_message_timeouts.load(Ordering::Relaxed),
+            tls_handshake_failures: self.tls_handshake_failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -141,9 +145,26 @@ impl LocalResolver {
     }
 }
 
+/// The TLS listener's settings (see `sip::tls`).
+#[derive(Clone)]
+pub struct TlsListener {
+    pub config: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: Duration,
+}
+
 pub async fn bind(
     listen: &[ListenAddr],
     limits: TcpLimits,
+    input: mpsc::Sender<NetInput>,
+) -> std::io::Result<Transports> {
+    bind_with_tls(listen, limits, None, input).await
+}
+
+/// Binds every `sip.listen` entry; `tls:` entries need `tls`.
+pub async fn bind_with_tls(
+    listen: &[ListenAddr],
+    limits: TcpLimits,
+    tls: Option<TlsListener>,
     input: mpsc::Sender<NetInput>,
 ) -> std::io::Result<Transports> {
     let stats = Arc::new(TransportStats::default());
@@ -165,17 +186,27 @@ pub async fn bind(
                 });
                 tokio::spawn(udp_loop(sock, link, local, input.clone()));
             }
-            Protocol::Tcp => {
-                let listener = TcpListener::bind(l.addr)
-                    .await
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("tcp:{}: {e}", l.addr)))?;
+            Protocol::Tcp | Protocol::Tls => {
+                let tls = match (l.protocol, &tls) {
+                    (Protocol::Tls, None) => {
+                        return Err(std::io::Error::other(format!(
+                            "{l}: no TLS certificate configured"
+                        )))
+                    }
+                    (Protocol::Tls, Some(t)) => Some(t.clone()),
+                    _ => None,
+                };
+                let listener = TcpListener::bind(l.addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}:{}: {e}", l.protocol, l.addr))
+                })?;
                 let local = listener.local_addr()?;
                 bound.push(ListenAddr {
-                    protocol: Protocol::Tcp,
+                    protocol: l.protocol,
                     addr: local,
                 });
                 tokio::spawn(accept_loop(
                     listener,
+                    tls,
                     limits,
                     input.clone(),
                     next_conn.clone(),
@@ -243,6 +274,7 @@ async fn udp_loop(
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsListener>,
     limits: TcpLimits,
     input: mpsc::Sender<NetInput>,
     next_conn: Arc<AtomicU64>,
@@ -261,14 +293,38 @@ async fn accept_loop(
         let id = next_conn.fetch_add(1, Ordering::Relaxed);
         let input = input.clone();
         let stats = stats.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
             let Ok(local) = stream.local_addr() else {
                 return;
             };
+            let Some(tls) = tls else {
+                let peer = Peer {
+                    link: Link::Tcp(id),
+                    remote,
+                    local,
+                };
+                return connection(stream, id, peer, limits, input, &stats).await;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+            let stream =
+                match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("TLS connection {id}: handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("TLS connection {id}: handshake timed out");
+                        return;
+                    }
+                };
             let peer = Peer {
-                link: Link::Tcp(id),
+                link: Link::Tls(id),
                 remote,
                 local,
             };
@@ -385,7 +441,7 @@ impl Transports {
                     tracing::debug!("udp send failed: {e}");
                 }
             }
-            Link::Tcp(id) => match self.conns.get(&id) {
+            Link::Tcp(id) | Link::Tls(id) => match self.conns.get(&id) {
                 Some(tx) => {
                     if tx.try_send(data).is_err() {
                         self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
