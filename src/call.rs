@@ -19,11 +19,26 @@ pub type CallId = u64;
 pub enum Link {
     Udp(usize),
     Tcp(u64),
+    /// A TLS connection (ids are shared with TCP: one numbering for all streams).
+    Tls(u64),
 }
 
 impl Link {
     pub fn reliable(self) -> bool {
-        matches!(self, Link::Tcp(_))
+        self.connection().is_some()
+    }
+
+    /// The stream connection's id (TCP or TLS).
+    pub fn connection(self) -> Option<u64> {
+        match self {
+            Link::Udp(_) => None,
+            Link::Tcp(id) | Link::Tls(id) => Some(id),
+        }
+    }
+
+    /// Whether signalling on this link is encrypted (SDES keys may cross it).
+    pub fn secure(self) -> bool {
+        matches!(self, Link::Tls(_))
     }
 
     /// The transport token of a Via header.
@@ -31,6 +46,16 @@ impl Link {
         match self {
             Link::Udp(_) => "UDP",
             Link::Tcp(_) => "TCP",
+            Link::Tls(_) => "TLS",
+        }
+    }
+
+    /// The `transport` URI parameter for a Contact on this link ("" for UDP).
+    pub fn uri_transport(self) -> &'static str {
+        match self {
+            Link::Udp(_) => "",
+            Link::Tcp(_) => ";transport=tcp",
+            Link::Tls(_) => ";transport=tls",
         }
     }
 }

@@ -476,6 +476,13 @@ fn check(cfg: &Config, file: &str, paths: bool, json: bool) -> ExitCode {
     if let Err(errors) = hotline::serve::trunks::from_config(cfg, &mut unused_seed) {
         problems.extend(errors);
     }
+    let tls_warnings = match hotline::sip::tls::check(&cfg.tls, std::time::SystemTime::now()) {
+        Ok(warnings) => warnings,
+        Err(errors) => {
+            problems.extend(errors);
+            Vec::new()
+        }
+    };
     let report = timed_paths(&flow, &inputs, std::time::Instant::now());
     problems.extend(check_limits(&flow, &report).iter().map(ToString::to_string));
     if paths && json {
@@ -547,6 +554,9 @@ fn check(cfg: &Config, file: &str, paths: bool, json: bool) -> ExitCode {
             cfg.prompts.dir.display(),
             prompts.len()
         );
+    }
+    for w in tls_warnings {
+        eprintln!("hotline: warning: {file}: {w}");
     }
     if !cfg.sealing() {
         eprintln!(

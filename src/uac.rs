@@ -138,6 +138,7 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
         idle_timeout: Duration::from_secs(60),
         max_per_source: 4,
         max_message: 65535,
+        ..TcpLimits::default()
     };
     let transports = transport::bind(
         &[ListenAddr {

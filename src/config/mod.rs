@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub mod tls;
 pub mod trunks;
 pub use trunks::{Cidr, SipTarget, SipTransport, TrunkConfig};
 
@@ -46,8 +47,10 @@ pub struct Config {
     pub console: ConsoleConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The TLS certificate of the SIP listener and the console, and the authorities
+    /// for trunks (`[tls]`).
     #[serde(default)]
-    pub tls: TlsConfig,
+    pub tls: tls::TlsConfig,
     /// Where the configuration came from, for error messages.
     #[serde(skip)]
     pub source: String,
@@ -159,14 +162,6 @@ impl Default for MetricsConfig {
     }
 }
 
-/// Certificate and key (PEM files) for what hotline serves over TLS.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    pub certificate: PathBuf,
-    pub private_key: PathBuf,
-}
-
 /// Languages the console's catalogues exist in.
 pub const CONSOLE_LANGUAGES: &[&str] = &["uk", "en"];
 
@@ -271,6 +266,7 @@ fn default_tcp_per_source() -> usize {
 pub enum Protocol {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl fmt::Display for Protocol {
@@ -278,6 +274,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Udp => "udp",
             Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
         })
     }
 }
@@ -294,13 +291,14 @@ impl std::str::FromStr for ListenAddr {
     fn from_str(s: &str) -> Result<Self, String> {
         let (proto, rest) = s
             .split_once(':')
-            .ok_or_else(|| format!("\"{s}\" is not of the form udp:ADDR:PORT or tcp:ADDR:PORT"))?;
+            .ok_or_else(|| format!("\"{s}\" is not of the form udp|tcp|tls:ADDR:PORT"))?;
         let protocol = match proto.to_ascii_lowercase().as_str() {
             "udp" => Protocol::Udp,
             "tcp" => Protocol::Tcp,
+            "tls" => Protocol::Tls,
             other => {
                 return Err(format!(
-                    "\"{s}\": unknown transport \"{other}\" (udp or tcp)"
+                    "\"{s}\": unknown transport \"{other}\" (udp, tcp or tls)"
                 ))
             }
         };
@@ -448,6 +446,19 @@ pub struct LimitsConfig {
     /// Seconds a source that keeps exceeding its limits is ignored (0: never).
     #[serde(default = "default_ban_s")]
     pub ban_s: u64,
+    /// Stream connections (TCP and TLS together) held at once.
+    #[serde(default = "default_max_tcp_connections")]
+    pub max_tcp_connections: usize,
+    /// Seconds a SIP message on a stream may take once its first byte arrived.
+    #[serde(default = "default_tcp_message_timeout")]
+    pub tcp_message_timeout_s: u64,
+}
+
+fn default_max_tcp_connections() -> usize {
+    1000
+}
+fn default_tcp_message_timeout() -> u64 {
+    10
 }
 
 fn default_max_calls_per_source() -> u32 {
@@ -640,6 +651,18 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self.limits.max_tcp_connections == 0 {
+            return Err((
+                "limits.max_tcp_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.limits.tcp_message_timeout_s) {
+            return Err((
+                "limits.tcp_message_timeout_s".into(),
+                "must be between 1 and 300".into(),
+            ));
+        }
         if self.limits.max_calls == 0 {
             return Err(("limits.max_calls".into(), "must be at least 1".into()));
         }
@@ -783,6 +806,7 @@ impl Config {
         }
         trunks::validate(&self.trunks)?;
         self.validate_console()?;
+        tls::validate(&self.tls, &self.sip.listen)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err((
                 "log.level".into(),

@@ -17,5 +17,6 @@ pub mod rfc4733;
 pub mod rtp;
 pub mod session;
 pub mod sip_info;
+pub mod srtp;
 pub mod tone;
 pub mod voicemail;

@@ -67,6 +67,8 @@ impl LiveFigures {
                 send_errors: 0,
                 queue_full: 0,
                 tcp_refused: 0,
+                tcp_message_timeouts: 0,
+                tls_handshake_failures: 0,
             },
         }
     }
@@ -361,6 +363,8 @@ impl LiveCollector {
                 ("send_error", t.send_errors),
                 ("queue_full", t.queue_full),
                 ("tcp_refused", t.tcp_refused),
+                ("tcp_message_timeout", t.tcp_message_timeouts),
+                ("tls_handshake_failure", t.tls_handshake_failures),
             ],
         )?;
         let l = match self.lateness.get() {
@@ -451,6 +455,8 @@ mod tests {
                 send_errors: 0,
                 queue_full: 0,
                 tcp_refused: 6,
+                tcp_message_timeouts: 7,
+                tls_handshake_failures: 8,
             },
         });
         for line in [
@@ -462,6 +468,8 @@ mod tests {
             "hotline_operator_registrations 4",
             "hotline_sip_dropped_total{reason=\"rate_limited\"} 5",
             "hotline_sip_transport_errors_total{kind=\"tcp_refused\"} 6",
+            "hotline_sip_transport_errors_total{kind=\"tcp_message_timeout\"} 7",
+            "hotline_sip_transport_errors_total{kind=\"tls_handshake_failure\"} 8",
             "hotline_calls_total{outcome=\"voicemail\"} 1",
             "hotline_calls_ended_total{reason=\"caller-bye\"} 1",
             "hotline_queue_wait_seconds_count{outcome=\"answered\"} 1",

@@ -239,8 +239,12 @@ pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartErro
         idle_timeout: Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
         max_per_source: cfg.sip.tcp_max_connections_per_source,
         max_message: cfg.sip.max_message_bytes,
+        max_connections: cfg.limits.max_tcp_connections,
+        message_timeout: Duration::from_secs(cfg.limits.tcp_message_timeout_s),
     };
-    let transports = transport::bind(&cfg.sip.listen, limits, net_tx.clone()).await?;
+    let tls = crate::sip::tls::listener(&cfg, std::time::SystemTime::now())
+        .map_err(|e| StartError::Config(vec![format!("tls: {e}")]))?;
+    let transports = transport::bind_with_tls(&cfg.sip.listen, limits, tls, net_tx.clone()).await?;
     let (trunk_ev_tx, mut trunk_events) = mpsc::unbounded_channel();
     let trunk_io = crate::trunk::io::TrunkIo::new(
         &transports.bound,
@@ -249,7 +253,8 @@ pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartErro
         trunk_seed,
         net_tx,
         trunk_ev_tx,
-    );
+    )
+    .with_tls(crate::trunk::io::TrunkTls::from_config(&cfg));
     let (media_ev_tx, media_rx) = mpsc::unbounded_channel();
     let media = engine::spawn(media_config(&cfg), media_ev_tx);
     metrics.attach_clock(media.lateness.clone());

@@ -298,10 +298,6 @@ pub(super) fn contact_header(cfg: &EndpointConfig, peer: Peer) -> String {
     } else {
         ip.to_string()
     };
-    let transport = if peer.link.reliable() {
-        ";transport=tcp"
-    } else {
-        ""
-    };
+    let transport = peer.link.uri_transport();
     format!("<sip:hotline@{host}:{}{transport}>", peer.local.port())
 }

@@ -394,7 +394,7 @@ impl Endpoint {
             };
             self.refuse(&p, peer, &reject);
         }
-        if let Link::Tcp(id) = peer.link {
+        if let Some(id) = peer.link.connection() {
             self.t.output(Output::CloseConnection(id));
         }
     }

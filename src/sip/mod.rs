@@ -17,6 +17,8 @@ mod outbound;
 pub mod raw;
 pub mod registrar;
 pub mod scan;
+pub mod stream_limits;
+pub mod tls;
 pub mod transaction;
 mod transactions;
 pub mod transport;

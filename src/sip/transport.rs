@@ -1,21 +1,22 @@
 //! The tokio layer under the endpoint: UDP sockets and TCP connections.
 //!
-//! Owns sockets, connection limits (per-source count, idle timeout, message size) and
-//! the choice of local address on wildcard binds. It frames TCP streams with
-//! `raw::StreamFramer` and hands everything to the endpoint's task as `NetInput`; it
-//! must not interpret SIP. Sends never block the endpoint: a full connection queue or
+//! Owns sockets, connection limits (`stream_limits`: per-source and total counts, the
+//! message deadline, idle time; message size) and the choice of local address on
+//! wildcard binds. It frames TCP and TLS streams with `raw::StreamFramer` and hands
+//! everything to the endpoint's task as `NetInput`; it must not interpret SIP. Sends never block the endpoint: a full connection queue or
 //! an unreachable address loses the message like any datagram, and is counted.
 
 use super::raw::{StreamFramer, StreamItem};
+use super::stream_limits::{ConnectionGate, Refusal, StreamClock};
 use crate::call::{Link, Peer};
 use crate::config::{ListenAddr, Protocol};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 pub enum NetInput {
@@ -40,9 +41,26 @@ pub enum NetInput {
 
 #[derive(Debug, Clone, Copy)]
 pub struct TcpLimits {
+    /// Time without a complete message (or keep-alive) after which a connection closes.
     pub idle_timeout: Duration,
     pub max_per_source: usize,
     pub max_message: usize,
+    /// Stream connections (TCP and TLS together) held at once.
+    pub max_connections: usize,
+    /// Time a message may take to arrive once its first byte has.
+    pub message_timeout: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            idle_timeout: Duration::from_secs(120),
+            max_per_source: 16,
+            max_message: 16384,
+            max_connections: 1000,
+            message_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Counters of what the transport dropped.
@@ -51,6 +69,10 @@ pub struct TransportStats {
     pub send_errors: AtomicU64,
     pub queue_full: AtomicU64,
     pub tcp_refused: AtomicU64,
+    /// Connections closed because a message did not complete in time.
+    pub tcp_message_timeouts: AtomicU64,
+    /// TLS connections whose handshake failed or took too long.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -58,6 +80,8 @@ pub struct TransportCounts {
     pub send_errors: u64,
     pub queue_full: u64,
     pub tcp_refused: u64,
+    pub tcp_message_timeouts: u64,
+    pub tls_handshake_failures: u64,
 }
 
 impl TransportStats {
@@ -66,6 +90,8 @@ impl TransportStats {
             send_errors: self.send_errors.load(Ordering::Relaxed),
             queue_full: self.queue_full.load(Ordering::Relaxed),
             tcp_refused: self.tcp_refused.load(Ordering::Relaxed),
+            tcp_message_timeouts: self.tcp_message_timeouts.load(Ordering::Relaxed),
+            tls_handshake_failures: self.tls_handshake_failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -119,16 +145,33 @@ impl LocalResolver {
     }
 }
 
+/// The TLS listener's settings (see `sip::tls`).
+#[derive(Clone)]
+pub struct TlsListener {
+    pub config: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: Duration,
+}
+
 pub async fn bind(
     listen: &[ListenAddr],
     limits: TcpLimits,
+    input: mpsc::Sender<NetInput>,
+) -> std::io::Result<Transports> {
+    bind_with_tls(listen, limits, None, input).await
+}
+
+/// Binds every `sip.listen` entry; `tls:` entries need `tls`.
+pub async fn bind_with_tls(
+    listen: &[ListenAddr],
+    limits: TcpLimits,
+    tls: Option<TlsListener>,
     input: mpsc::Sender<NetInput>,
 ) -> std::io::Result<Transports> {
     let stats = Arc::new(TransportStats::default());
     let mut udp = Vec::new();
     let mut bound = Vec::new();
     let next_conn = Arc::new(AtomicU64::new(1));
-    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let gate = ConnectionGate::new(limits.max_per_source, limits.max_connections);
     for l in listen {
         match l.protocol {
             Protocol::Udp => {
@@ -143,21 +186,31 @@ pub async fn bind(
                 });
                 tokio::spawn(udp_loop(sock, link, local, input.clone()));
             }
-            Protocol::Tcp => {
-                let listener = TcpListener::bind(l.addr)
-                    .await
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("tcp:{}: {e}", l.addr)))?;
+            Protocol::Tcp | Protocol::Tls => {
+                let tls = match (l.protocol, &tls) {
+                    (Protocol::Tls, None) => {
+                        return Err(std::io::Error::other(format!(
+                            "{l}: no TLS certificate configured"
+                        )))
+                    }
+                    (Protocol::Tls, Some(t)) => Some(t.clone()),
+                    _ => None,
+                };
+                let listener = TcpListener::bind(l.addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}:{}: {e}", l.protocol, l.addr))
+                })?;
                 let local = listener.local_addr()?;
                 bound.push(ListenAddr {
-                    protocol: Protocol::Tcp,
+                    protocol: l.protocol,
                     addr: local,
                 });
                 tokio::spawn(accept_loop(
                     listener,
+                    tls,
                     limits,
                     input.clone(),
                     next_conn.clone(),
-                    per_source.clone(),
+                    gate.clone(),
                     stats.clone(),
                 ));
             }
@@ -221,54 +274,106 @@ async fn udp_loop(
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsListener>,
     limits: TcpLimits,
     input: mpsc::Sender<NetInput>,
     next_conn: Arc<AtomicU64>,
-    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    gate: ConnectionGate,
     stats: Arc<TransportStats>,
 ) {
+    let mut at_cap = false;
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        {
-            let mut map = per_source.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(remote.ip()).or_insert(0);
-            if *n >= limits.max_per_source {
-                stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
-                continue; // Dropping the stream closes it.
-            }
-            *n += 1;
-        }
+        let Some(permit) = admit_stream(&gate, remote, &stats, &mut at_cap) else {
+            continue; // Dropping the stream closes it.
+        };
         let id = next_conn.fetch_add(1, Ordering::Relaxed);
         let input = input.clone();
-        let per_source = per_source.clone();
+        let stats = stats.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            connection(stream, id, remote, limits, input).await;
-            let mut map = per_source.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map.get_mut(&remote.ip()) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&remote.ip());
-                }
-            }
+            let _permit = permit;
+            let _ = stream.set_nodelay(true);
+            let Ok(local) = stream.local_addr() else {
+                return;
+            };
+            let Some(tls) = tls else {
+                let peer = Peer {
+                    link: Link::Tcp(id),
+                    remote,
+                    local,
+                };
+                return connection(stream, id, peer, limits, input, &stats).await;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+            let stream =
+                match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("TLS connection {id}: handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("TLS connection {id}: handshake timed out");
+                        return;
+                    }
+                };
+            let peer = Peer {
+                link: Link::Tls(id),
+                remote,
+                local,
+            };
+            connection(stream, id, peer, limits, input, &stats).await;
         });
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    id: u64,
+/// Counts a connection in, or refuses it (counted; one log line each time the total
+/// cap is reached, none per source: that would log a flood).
+pub(super) fn admit_stream(
+    gate: &ConnectionGate,
     remote: SocketAddr,
+    stats: &TransportStats,
+    at_cap: &mut bool,
+) -> Option<super::stream_limits::ConnectionPermit> {
+    match gate.admit(remote.ip()) {
+        Ok(p) => {
+            *at_cap = false;
+            Some(p)
+        }
+        Err(why) => {
+            stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            if why == Refusal::Total && !*at_cap {
+                tracing::warn!(
+                    "stream connections refused: limits.max_tcp_connections ({}) reached",
+                    gate.open()
+                );
+            }
+            *at_cap = why == Refusal::Total;
+            None
+        }
+    }
+}
+
+/// Runs one accepted stream (TCP, or TLS after its handshake): announces its sender to
+/// the endpoint, frames what arrives, and closes it when a message takes too long or
+/// no complete message came for the idle time.
+pub(super) async fn connection<S>(
+    stream: S,
+    id: u64,
+    peer: Peer,
     limits: TcpLimits,
     input: mpsc::Sender<NetInput>,
-) {
-    let _ = stream.set_nodelay(true);
-    let Ok(local) = stream.local_addr() else {
-        return;
-    };
-    let (mut rd, mut wr) = stream.into_split();
+    stats: &TransportStats,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(256);
     if input
         .send(NetInput::ConnOpened { id, sender: tx })
@@ -285,20 +390,27 @@ async fn connection(
         }
         let _ = wr.shutdown().await;
     });
-    let peer = Peer {
-        link: Link::Tcp(id),
-        remote,
-        local,
-    };
     let mut framer = StreamFramer::new(limits.max_message);
+    let mut clock = StreamClock::new(Instant::now(), limits.idle_timeout, limits.message_timeout);
     let mut buf = vec![0u8; 16384];
     'read: loop {
-        let n = match tokio::time::timeout(limits.idle_timeout, rd.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+        let (deadline, why) = clock.deadline();
+        let n = match tokio::time::timeout_at(deadline.into(), rd.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_) => {
+                if why == super::stream_limits::Expiry::MessageTimeout {
+                    stats.tcp_message_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!("stream connection {id} closed: {}", why.as_str());
+                break;
+            }
             Ok(Ok(n)) => n,
         };
+        let now = Instant::now();
+        clock.bytes_arrived(now, &buf[..n]);
         framer.push(&buf[..n]);
         while let Some(item) = framer.next_item() {
+            clock.message_complete(now);
             let fatal = matches!(item, StreamItem::Fatal(..));
             if input.send(NetInput::Stream { peer, item }).await.is_err() || fatal {
                 break 'read;
@@ -329,7 +441,7 @@ impl Transports {
                     tracing::debug!("udp send failed: {e}");
                 }
             }
-            Link::Tcp(id) => match self.conns.get(&id) {
+            Link::Tcp(id) | Link::Tls(id) => match self.conns.get(&id) {
                 Some(tx) => {
                     if tx.try_send(data).is_err() {
                         self.stats.queue_full.fetch_add(1, Ordering::Relaxed);

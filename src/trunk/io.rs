@@ -44,6 +44,40 @@ pub struct TrunkIo {
     rng: Arc<Mutex<StdRng>>,
     next_conn: Arc<AtomicU64>,
     max_message: usize,
+    tls: Option<TrunkTls>,
+}
+
+/// How trunks verify a provider over TLS: the client configuration (its roots) and,
+/// per trunk, the name its certificate must carry (the outbound proxy's host when set,
+/// else the registrar's).
+#[derive(Clone)]
+pub struct TrunkTls {
+    pub config: Result<Arc<rustls::ClientConfig>, String>,
+    pub names: Vec<String>,
+}
+
+impl TrunkTls {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        TrunkTls {
+            // The system's authorities are read only when a trunk may need them.
+            config: if cfg.trunks.is_empty() {
+                Err("no trunk".into())
+            } else {
+                crate::sip::tls::client_config(&cfg.tls)
+            },
+            names: cfg
+                .trunks
+                .iter()
+                .map(|t| {
+                    t.outbound_proxy
+                        .as_ref()
+                        .unwrap_or(&t.registrar)
+                        .host
+                        .clone()
+                })
+                .collect(),
+        }
+    }
 }
 
 impl TrunkIo {
@@ -79,7 +113,13 @@ impl TrunkIo {
             rng: Arc::new(Mutex::new(rng)),
             next_conn: Arc::new(AtomicU64::new(FIRST_CONN_ID)),
             max_message,
+            tls: None,
         }
+    }
+
+    pub fn with_tls(mut self, tls: TrunkTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn perform(&self, req: IoRequest) {
@@ -120,15 +160,8 @@ impl TrunkIo {
                     };
                     let _ = io.events.send(ev);
                 }
-                SipTransport::Tcp => {
+                SipTransport::Tcp | SipTransport::Tls => {
                     tokio::spawn(async move { io.connect_tcp(trunk, target).await });
-                }
-                SipTransport::Tls => {
-                    let _ = io.events.send(IoEvent::ConnectFailed {
-                        trunk,
-                        target,
-                        why: "TLS to a registrar is not supported yet".into(),
-                    });
                 }
             },
         }
@@ -162,20 +195,59 @@ impl TrunkIo {
             return self.failed(trunk, target, "no local address".into());
         };
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let peer = Peer {
-            link: Link::Tcp(id),
-            remote: target.addr,
-            local,
-        };
-        serve_flow(stream, peer, self.max_message, &self.net, || {
+        let opened = |peer: Peer| {
             let _ = self.events.send(IoEvent::Connected {
                 trunk,
                 target,
                 peer,
             });
-        })
-        .await;
+        };
+        if target.transport == SipTransport::Tls {
+            let stream = match self.tls_handshake(trunk, stream).await {
+                Ok(s) => s,
+                Err(why) => return self.failed(trunk, target, why),
+            };
+            let peer = Peer {
+                link: Link::Tls(id),
+                remote: target.addr,
+                local,
+            };
+            serve_flow(stream, peer, self.max_message, &self.net, || opened(peer)).await;
+        } else {
+            let peer = Peer {
+                link: Link::Tcp(id),
+                remote: target.addr,
+                local,
+            };
+            serve_flow(stream, peer, self.max_message, &self.net, || opened(peer)).await;
+        }
         let _ = self.events.send(IoEvent::LinkLost { conn: id });
+    }
+
+    /// TLS over a connected stream, verifying the provider's certificate against the
+    /// trunk's name.
+    async fn tls_handshake(
+        &self,
+        trunk: usize,
+        stream: tokio::net::TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| "TLS is not configured".to_string())?;
+        let config = tls.config.clone()?;
+        let name = tls
+            .names
+            .get(trunk)
+            .ok_or_else(|| "no name to verify the certificate against".to_string())?;
+        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|e| format!("\"{name}\" cannot be verified: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, stream)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("TLS: {e}")),
+            Err(_) => Err("TLS handshake timed out".into()),
+        }
     }
 
     fn failed(&self, trunk: usize, target: Target, why: String) {
@@ -197,7 +269,9 @@ async fn serve_flow<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let Link::Tcp(id) = peer.link else { return };
+    let Some(id) = peer.link.connection() else {
+        return;
+    };
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(256);
     if net

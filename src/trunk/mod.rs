@@ -164,7 +164,7 @@ impl Trunks {
             } => match self.regs.get_mut(trunk) {
                 Some(r) => r.on_connected(target, peer),
                 None => {
-                    if let crate::call::Link::Tcp(id) = peer.link {
+                    if let Some(id) = peer.link.connection() {
                         self.effects.push_back(TrunkEffect::Close(id));
                     }
                 }

@@ -10,7 +10,7 @@
 //! randomness come in from outside: the generator is seeded by the owner.
 
 use super::auth::{self, Challenge};
-use crate::call::{Link, Peer};
+use crate::call::Peer;
 use crate::config::{SipTarget, SipTransport};
 use crate::sip::client::ClientResult;
 use crate::sip::headers;
@@ -343,7 +343,7 @@ impl Registration {
     pub fn on_connected(&mut self, target: Target, peer: Peer) {
         if self.phase != Phase::Connecting || self.targets.get(self.current) != Some(&target) {
             // A connection nobody waits for any more.
-            if let Link::Tcp(conn) = peer.link {
+            if let Some(conn) = peer.link.connection() {
                 self.actions.push_back(Action::Close { conn });
             }
             return;
@@ -363,9 +363,7 @@ impl Registration {
     /// A connection closed. Ours: when registered, re-open it soon (the registration
     /// was bound to it); during an attempt it is that attempt's failure.
     pub fn on_link_lost(&mut self, now: Instant, conn: u64) {
-        let ours = self
-            .peer
-            .is_some_and(|p| matches!(p.link, Link::Tcp(id) if id == conn));
+        let ours = self.peer.is_some_and(|p| p.link.connection() == Some(conn));
         if !ours {
             return;
         }
@@ -439,11 +437,7 @@ impl Registration {
     }
 
     fn close_link(&mut self) {
-        if let Some(Peer {
-            link: Link::Tcp(conn),
-            ..
-        }) = self.peer.take()
-        {
+        if let Some(conn) = self.peer.take().and_then(|p| p.link.connection()) {
             self.actions.push_back(Action::Close { conn });
         }
     }

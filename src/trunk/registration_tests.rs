@@ -1,6 +1,7 @@
 //! The registration state machine against a scripted registrar, in simulated time.
 
 use super::*;
+use crate::call::Link;
 use crate::sip::digest::{self, Algorithm};
 use crate::sip::message::{validate_request, Request};
 use rand::SeedableRng;
