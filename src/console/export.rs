@@ -9,7 +9,7 @@ use crate::store::CallRow;
 use serde_json::Value;
 
 /// The fields of a call, in `CallRow`'s order.
-pub const COLUMNS: [&str; 19] = [
+pub const COLUMNS: [&str; 20] = [
     "id",
     "sip_call_id",
     "direction",
@@ -29,6 +29,7 @@ pub const COLUMNS: [&str; 19] = [
     "path",
     "recordings",
     "queue",
+    "sealed",
 ];
 
 fn columns() -> &'static [&'static str] {

@@ -217,6 +217,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         board,
         metrics: metrics.clone(),
         figures: figures_tx,
+        keyring: vault.keyring(),
     };
     let listening = crate::console::start(&cfg, wiring)
         .await
