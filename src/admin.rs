@@ -278,7 +278,17 @@ fn export_inner(
             n_rec += 1;
         }
     }
-    let json = serde_json::to_vec_pretty(&rows).map_err(|e| e.to_string())?;
+    // Notes are the caller's details too: with the call, decrypted.
+    let mut calls = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut notes = store::console::notes(&conn, r.id).map_err(|e| e.to_string())?;
+        store::sealed_view::open_notes_with(&ids, &mut notes)
+            .map_err(|e| format!("call {}: {e}", r.id))?;
+        let mut call = serde_json::to_value(r).map_err(|e| e.to_string())?;
+        call["notes"] = serde_json::to_value(&notes).map_err(|e| e.to_string())?;
+        calls.push(call);
+    }
+    let json = serde_json::to_vec_pretty(&calls).map_err(|e| e.to_string())?;
     let path = out.join("calls.json");
     let mut f = std::fs::OpenOptions::new()
         .write(true)

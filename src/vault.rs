@@ -34,6 +34,11 @@ impl Vault {
         }
     }
 
+    /// The identities as the console's readers see them: sealed or not, at once.
+    pub fn keyring(&self) -> crate::store::keyring::Keyring {
+        crate::store::keyring::Keyring::shared(self.identities.clone())
+    }
+
     pub fn is_unsealed(&self) -> bool {
         self.identities.lock().map(|i| i.is_some()).unwrap_or(false)
     }

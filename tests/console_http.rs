@@ -660,3 +660,43 @@ impl TapMkdir for std::path::PathBuf {
         self
     }
 }
+
+/// A sealed recording (`*.wav.age`) on a server that holds no identity: the URL
+/// answers 423 with a page that says why, with or without Range, never the sealed
+/// bytes as audio; the inbox shows no player for it, and nothing is audited as a
+/// listen.
+#[test]
+fn a_sealed_recording_is_refused_while_the_server_is_sealed() {
+    let server = start(&[]);
+    let addr = console(&server);
+    add(&server, "anna", "anna-secret-1", "operator");
+    let dir = server.data_dir().join("recordings/2024/05/01");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("x-voicemail.wav.age"),
+        b"age-encryption.org/v1\n-> X25519 not-a-real-stanza\n",
+    )
+    .unwrap();
+    let id = recording_row(&server, "recordings/2024/05/01/x-voicemail.wav.age", 1000);
+    let anna = Session::login(addr, "anna", "anna-secret-1");
+    let path = format!("/recordings/{id}");
+    for range in [None, Some("bytes=0-"), Some("bytes=10-20")] {
+        let mut headers = vec![("Cookie", anna.cookie.as_str())];
+        headers.extend(range.map(|r| ("Range", r)));
+        let r = request(addr, "GET", &path, &headers, b"");
+        assert_eq!(r.status, 423, "{range:?}: {}", r.text());
+        assert!(
+            r.header("content-type").unwrap().starts_with("text/html"),
+            "{range:?}"
+        );
+        assert!(r.text().contains("unseal"), "{}", r.text());
+        assert!(!r.text().contains("age-encryption"));
+    }
+    let inbox = anna.get("/inbox").text();
+    assert!(inbox.contains("Recording sealed"), "{inbox}");
+    assert!(!inbox.contains("<audio"), "{inbox}");
+    assert!(
+        !audit_actions(&server).iter().any(|(a, _)| a == "listen"),
+        "a refusal is not a listen"
+    );
+}

@@ -7,6 +7,7 @@
 //! the offline identity gets everything back.
 
 mod common;
+mod webclient;
 
 use common::{best_match_anywhere, quick_flow, require_tool, Server};
 use std::io::Write;
@@ -717,4 +718,294 @@ fn check_warns_without_recipients_and_refuses_bad_ones() {
         "{}",
         text(&o)
     );
+}
+
+/// The board's first event (the whole board), read from `/events`.
+fn board_event(session: &webclient::Session) -> serde_json::Value {
+    let req = format!(
+        "GET /events HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nAccept: text/event-stream\r\n\r\n",
+        session.cookie
+    );
+    let raw = webclient::raw(session.addr, req.as_bytes(), Duration::from_secs(2)).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data:"))
+        .unwrap_or_else(|| panic!("no board event in {text}"));
+    serde_json::from_str(data.trim()).unwrap()
+}
+
+/// Every occurrence of `needle` in the database and its WAL.
+fn in_database(server: &Server, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for name in ["hotline.db", "hotline.db-wal"] {
+        let path = server.data_dir().join(name);
+        if let Ok(bytes) = std::fs::read(&path) {
+            if !positions(&bytes, needle.as_bytes()).is_empty() {
+                found.push(name.to_string());
+            }
+        }
+    }
+    found
+}
+
+/// The console on a sealing server. While sealed, pages show a call's metadata and
+/// say "sealed" where answers, notes and players would be (in both languages), and
+/// the recording URL refuses with 423, never sending ciphertext as audio; the board
+/// still shows a waiting caller's answers (they come from memory). A note's text is
+/// nowhere in the database or its WAL. After `hotline unseal` the same pages show
+/// the answers and the note, the recording plays as exactly the WAV `age -d` gives,
+/// Range requests work, and the listen is audited; `hotline seal` locks it again;
+/// `hotline export` writes the note decrypted.
+#[test]
+fn the_console_shows_sealed_calls_as_sealed_and_opens_them_while_unsealed() {
+    if !need_age() {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let identity = keys.path().join("identity.key");
+    let recipient = age_keygen(&identity);
+    let (voice, _) = long_speech(keys.path());
+    let dir = tempfile::tempdir().unwrap();
+    let flow = quick_flow(dir.path());
+    let recipients = format!("storage.recipients=[\"{recipient}\"]");
+    let mut server = Server::start_in(
+        dir,
+        &[
+            &flow,
+            &recipients,
+            "console.listen=\"127.0.0.1:0\"",
+            "console.time_zone=\"UTC\"",
+            "console.board_interval_ms=100",
+            // The caller waits in the queue (nobody answers) and is then sent to
+            // voicemail, so the board shows it waiting first.
+            "queue.voicemail_when_nobody_logged_in=false",
+            "queue.max_wait_s=8",
+        ],
+    );
+    let addr = server.console.expect("console");
+    let o = server.cli(&[
+        "operator",
+        "add",
+        "olena",
+        "--password",
+        "olena-secret-1",
+        "--role",
+        "supervisor",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let olena = webclient::Session::login(addr, "olena", "olena-secret-1");
+
+    let mut caller = spawn_call(
+        &server,
+        &[
+            "--from",
+            CALLER,
+            "--hangup-after",
+            "55",
+            "--dtmf",
+            "1@1.0,2@3.0,1@4.0,2@4.5,3@5.0,4@5.5,5@6.0",
+            "--play",
+            &voice.display().to_string(),
+        ],
+    );
+    // Live data comes from memory: the waiting caller's answers are on the board.
+    let mut waiting = serde_json::Value::Null;
+    wait_for("the caller on the board", Duration::from_secs(45), || {
+        waiting = board_event(&olena)["board"]["callers"][0].clone();
+        !waiting.is_null()
+    });
+    let answers = waiting["answers"].to_string();
+    assert!(answers.contains("12345"), "board: {waiting}");
+    let calls = server.wait_calls(Duration::from_secs(70), |c| {
+        c.first().is_some_and(|c| {
+            c["end_reason"].is_string() && !c["recordings"].as_array().unwrap().is_empty()
+        })
+    });
+    let _ = caller.wait();
+    let call = &calls[0];
+    assert_eq!(call["sealed"], "locked", "{call}");
+    let id = call["id"].as_i64().unwrap();
+    let reference = call["reference"].as_str().unwrap_or("").to_string();
+    let rec_path = PathBuf::from(call["recordings"][0]["path"].as_str().unwrap());
+    assert!(rec_path.to_string_lossy().ends_with(".wav.age"));
+    let no_answer = |html: &str, page: &str| {
+        let html = html.replace(&reference, "");
+        assert!(
+            !html.contains("12345"),
+            "{page} shows the answer while sealed"
+        );
+    };
+
+    // Sealed: metadata and "sealed", in English and in Ukrainian.
+    let inbox = olena.get("/inbox");
+    assert_eq!(inbox.status, 200);
+    let html = inbox.text();
+    assert!(
+        html.contains("<span class=\"sealed\">sealed</span>"),
+        "{html}"
+    );
+    assert!(html.contains("Recording sealed") && !html.contains("<audio"));
+    assert!(html.contains(&reference), "metadata stays visible");
+    no_answer(&html, "the inbox");
+    let recording_id = {
+        let marker = "data-recording-id=\"";
+        let i = html.find(marker).unwrap() + marker.len();
+        html[i..i + html[i..].find('"').unwrap()]
+            .parse::<i64>()
+            .unwrap()
+    };
+    let page = olena.get(&format!("/calls/{id}")).text();
+    assert!(page.contains("id=\"sealed-notice\""), "{page}");
+    assert!(page.contains("Recording sealed"));
+    no_answer(&page, "the call page");
+    let history = olena.get("/history").text();
+    assert!(history.contains(">sealed<"), "{history}");
+    no_answer(&history, "the history");
+    let found = olena.get(&format!("/inbox?ref={reference}")).text();
+    assert!(found.contains("id=\"search-results\""), "{found}");
+    no_answer(&found, "the reference search");
+    let csv = olena.post("/history/export", &[("outcome", "")]);
+    assert_eq!(csv.status, 200);
+    let mut reader = csv::Reader::from_reader(csv.body.as_slice());
+    let head: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let row = reader.records().next().unwrap().unwrap();
+    let cell = |name: &str| row[head.iter().position(|h| h == name).unwrap()].to_string();
+    assert_eq!(cell("sealed"), "locked");
+    assert_eq!(cell("answers"), "{}");
+    let r = olena.post("/language", &[("lang", "uk")]);
+    assert_eq!(r.status, 303);
+    let uk = olena.get("/inbox").text();
+    assert!(
+        uk.contains(">запечатано<") && uk.contains("Запис запечатано"),
+        "{uk}"
+    );
+    olena.post("/language", &[("lang", "en")]);
+
+    // The recording URL refuses clearly, and nothing is audited as a listen.
+    let r = olena.get(&format!("/recordings/{recording_id}"));
+    assert_eq!(r.status, 423, "{}", r.text());
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(r.text().contains("unseal"), "{}", r.text());
+    assert!(!r.body.starts_with(b"age-encryption") && !r.body.starts_with(b"RIFF"));
+
+    // A note is sealed too: its text is nowhere on disk, and the page says sealed.
+    let note = "called back at 18:00, Kharkiv, knows the unit 4242";
+    let r = olena.post(&format!("/calls/{id}/notes"), &[("body", note)]);
+    assert_eq!(r.status, 303, "{}", r.text());
+    let page = olena.get(&format!("/calls/{id}")).text();
+    assert!(
+        page.contains("Note sealed") && !page.contains("Kharkiv"),
+        "{page}"
+    );
+    assert!(
+        in_database(&server, "Kharkiv").is_empty(),
+        "the note in clear"
+    );
+    assert!(
+        in_database(&server, "knows the unit").is_empty(),
+        "the note in clear"
+    );
+
+    // Unsealed: the answers, the note and the recording.
+    let o = cli_input(
+        &server,
+        &["unseal", "--identity", &identity.display().to_string()],
+        "",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let page = olena.get(&format!("/calls/{id}")).text();
+    assert!(page.contains("unit=12345"), "{page}");
+    assert!(page.contains(note));
+    assert!(page.contains("<audio") && !page.contains("id=\"sealed-notice\""));
+    let inbox = olena.get("/inbox").text();
+    assert!(inbox.contains("unit=12345") && inbox.contains("<audio"));
+    assert!(olena.get("/history").text().contains("unit=12345"));
+    let wav = age_decrypt(&identity, &rec_path);
+    let r = olena.get(&format!("/recordings/{recording_id}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("audio/wav"));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert!(
+        r.body == wav,
+        "the decrypted WAV, byte for byte ({} bytes against {})",
+        r.body.len(),
+        wav.len()
+    );
+    let ranged = |range: &str| {
+        webclient::request(
+            addr,
+            "GET",
+            &format!("/recordings/{recording_id}"),
+            &[("Cookie", &olena.cookie), ("Range", range)],
+            b"",
+        )
+    };
+    // Across age's 64 KiB chunks, and from the end.
+    let r = ranged("bytes=65000-70999");
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 65000-70999/{}", wav.len()).as_str())
+    );
+    assert!(r.body == wav[65000..71000]);
+    let r = ranged("bytes=-100");
+    assert_eq!(r.status, 206);
+    assert!(r.body == wav[wav.len() - 100..]);
+    let r = ranged(&format!("bytes={}-", wav.len()));
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{}", wav.len()).as_str())
+    );
+    let conn = rusqlite::Connection::open(server.data_dir().join("hotline.db")).unwrap();
+    let listens: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE action = 'listen' AND recording_id = ?1",
+            [recording_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(listens, 1, "one listen audited, none for the refusal");
+    let details: String = conn
+        .query_row("SELECT group_concat(detail, '|') FROM audit_log", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        !details.contains("Kharkiv"),
+        "the audit log keeps no note text"
+    );
+
+    // Sealed again: locked again.
+    let o = server.cli(&["seal"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        olena.get(&format!("/recordings/{recording_id}")).status,
+        423
+    );
+    assert!(!olena.get(&format!("/calls/{id}")).text().contains(note));
+
+    // The case file has the note, decrypted.
+    let out = keys.path().join("case");
+    let o = cli_input(
+        &server,
+        &[
+            "export",
+            "--identity",
+            &identity.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let exported: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("calls.json")).unwrap()).unwrap();
+    let c = exported.iter().find(|c| c["id"] == id).unwrap();
+    assert_eq!(c["notes"][0]["body"], note, "{c}");
+    assert_eq!(c["notes"][0]["author"], "olena");
+    assert_eq!(c["answers"]["unit"], "12345");
+    server.assert_no_panic();
+    server.stop();
 }

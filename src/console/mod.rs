@@ -58,6 +58,8 @@ pub struct Wiring {
     pub board: watch::Receiver<Arc<BoardFrame>>,
     pub metrics: Arc<Metrics>,
     pub figures: mpsc::Sender<FiguresRequest>,
+    /// The identities `hotline unseal` handed over, shared with the vault.
+    pub keyring: crate::store::keyring::Keyring,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -127,6 +129,9 @@ pub async fn start(cfg: &Config, wiring: Wiring) -> Result<Listening, StartError
             .map_err(|e| StartError::Other(format!("{}: {e}", recordings.display())))?;
         let db = db::Db::open(&cfg.database_path(), 3)
             .map_err(|e| StartError::Other(format!("{}: {e}", cfg.database_path().display())))?;
+        // Notes are the caller's details too: sealed to the same recipients.
+        let note_sealer = crate::store::seal::Sealer::from_config(&cfg.storage.recipients)
+            .map_err(|e| StartError::Config(format!("{}: storage.recipients: {e}", cfg.source)))?;
         let mut csrf_key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut csrf_key);
         let shared = Arc::new(web::Shared {
@@ -157,6 +162,9 @@ pub async fn start(cfg: &Config, wiring: Wiring) -> Result<Listening, StartError
             calendar,
             metrics: wiring.metrics.clone(),
             streams: web::stream_slots(),
+            keyring: wiring.keyring.clone(),
+            note_sealer,
+            sealed_streams: web::sealed_stream_slots(),
         });
         let listener = bind("console.listen", &c.listen, cfg).await?;
         listening.console = listener.local_addr().ok();

@@ -17,6 +17,8 @@ pub struct PageCtx<'a> {
     pub role: Role,
     pub csrf: &'a str,
     pub cal: &'a Calendar,
+    /// The server holds an identity (`hotline unseal`): sealed recordings play.
+    pub unsealed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,26 @@ fn answers_text(answers: &[(String, String)]) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn is_locked(sealed: &Option<String>) -> bool {
+    sealed.as_deref() == Some(crate::store::sealed_view::LOCKED)
+}
+
+/// Where sealed details would be.
+fn sealed_mark(lang: Lang) -> Markup {
+    html! { span.sealed { (tr(lang, "sealed.value")) } }
+}
+
+/// A player, or "sealed" while a sealed recording cannot be opened.
+fn player(ctx: &PageCtx, recording_id: i64, sealed_file: bool) -> Markup {
+    html! {
+        @if sealed_file && !ctx.unsealed {
+            span.sealed.recording-sealed { (tr(ctx.lang, "sealed.recording")) }
+        } @else {
+            audio controls preload="none" src={ "/recordings/" (recording_id) } {}
+        }
+    }
 }
 
 fn head(lang: Lang, title: &str) -> Markup {
@@ -257,7 +279,10 @@ fn call_rows(ctx: &PageCtx, calls: &[CallRow]) -> Markup {
                         td { (ctx.cal.show(&c.started_at)) }
                         td.reference { (c.reference.as_deref().unwrap_or("–")) }
                         td { (outcome_name(l, Outcome::of(c))) }
-                        td { (answers_text(&c.answers.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect::<Vec<_>>())) }
+                        td.answers {
+                            @if is_locked(&c.sealed) { (sealed_mark(l)) }
+                            @else { (answers_text(&c.answers.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect::<Vec<_>>())) }
+                        }
                         td { a href={ "/calls/" (c.id) } { (tr(l, "call.open")) } }
                     }
                 }
@@ -328,8 +353,8 @@ pub fn inbox(ctx: &PageCtx, rows: &[InboxRow], search: &Search, page: usize, mor
                             td { (ctx.cal.show(&r.created_at)) }
                             td { (duration(r.duration_ms)) @if r.partial { " " span.badge { (tr(l, "inbox.partial")) } } }
                             td.reference { (r.reference.as_deref().unwrap_or("–")) }
-                            td { (answers_text(&r.answers)) }
-                            td { audio controls preload="none" src={ "/recordings/" (r.recording_id) } {} }
+                            td.answers { @if is_locked(&r.sealed) { (sealed_mark(l)) } @else { (answers_text(&r.answers)) } }
+                            td { (player(ctx, r.recording_id, r.recording_sealed)) }
                             td.status {
                                 @if let Some(h) = &r.handled {
                                     (trf(l, "inbox.handled_by", &[("name", &h.by)]))
@@ -366,15 +391,20 @@ pub fn call(
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
         .collect();
+    let sealed_file = |path: &str| path.ends_with(crate::store::seal::SEALED_SUFFIX);
+    let locked = is_locked(&c.sealed)
+        || notes.iter().any(|n| is_locked(&n.sealed))
+        || (!ctx.unsealed && c.recordings.iter().any(|r| sealed_file(&r.path)));
     let body = html! {
         h1 { (title) }
+        @if locked { p #sealed-notice.notice role="status" { (tr(l, "sealed.notice")) } }
         dl.details {
             dt { (tr(l, "call.started")) } dd { (ctx.cal.show(&c.started_at)) }
             dt { (tr(l, "call.ended")) } dd { (c.ended_at.as_deref().map(|t| ctx.cal.show(t)).unwrap_or_else(|| "–".into())) }
             dt { (tr(l, "call.outcome")) } dd #outcome { (outcome_name(l, Outcome::of(c))) }
             dt { (tr(l, "call.reference")) } dd #reference { (c.reference.as_deref().unwrap_or("–")) }
-            dt { (tr(l, "call.answers")) } dd #answers { (answers_text(&answers)) }
-            dt { (tr(l, "call.path")) } dd { (c.path.join(" → ")) }
+            dt { (tr(l, "call.answers")) } dd #answers { @if is_locked(&c.sealed) { (sealed_mark(l)) } @else { (answers_text(&answers)) } }
+            dt { (tr(l, "call.path")) } dd #path { @if is_locked(&c.sealed) { (sealed_mark(l)) } @else { (c.path.join(" → ")) } }
             @if let Some(q) = &c.queue {
                 dt { (tr(l, "call.waited")) } dd { (q.waited_ms.map(duration).unwrap_or_else(|| "–".into())) }
                 dt { (tr(l, "call.operator")) } dd { (q.operator.as_deref().unwrap_or("–")) }
@@ -392,7 +422,7 @@ pub fn call(
                     span.kind { @if r.kind == "voicemail" { (tr(l, "call.voicemail")) } @else { (tr(l, "call.conversation")) } }
                     " " span { (duration(r.duration_ms)) }
                     @if r.partial { " " span.badge { (tr(l, "inbox.partial")) } }
-                    audio controls preload="none" src={ "/recordings/" (id) } {}
+                    (player(ctx, *id, sealed_file(&r.path)))
                 }
             }
         }
@@ -421,7 +451,11 @@ pub fn call(
                 @for n in notes {
                     li data-note-id=(n.id) {
                         div.meta { (n.author) " · " (ctx.cal.show(&n.created_at)) }
-                        div.body { (n.body) }
+                        @if is_locked(&n.sealed) {
+                            div.body.sealed { (tr(l, "sealed.note")) }
+                        } @else {
+                            div.body { (n.body) }
+                        }
                     }
                 }
             }
@@ -671,6 +705,7 @@ mod tests {
             role: Role::Supervisor,
             csrf: "t",
             cal: &cal,
+            unsealed: false,
         };
         let page = board(&ctx).into_string();
         assert!(!page.contains("<script>alert(1)"));

@@ -25,6 +25,9 @@ use super::sessions::Sessions;
 use super::{LiveCommand, LiveRequest};
 use crate::metrics::{FiguresRequest, Metrics};
 use crate::store::console::{self as sc, AuditEntry, CallFilter, ChangeError, Outcome};
+use crate::store::keyring::Keyring;
+use crate::store::seal::Sealer;
+use crate::store::sealed_view;
 use crate::store::{OperatorError, Role};
 use axum::body::Body;
 use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
@@ -57,6 +60,13 @@ const HISTORY_ROWS: usize = 200;
 const EXPORT_MAX_ROWS: usize = 200_000;
 /// How long the serve loop may take to answer.
 const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Sealed recordings decrypted for playback at once. Each is decrypted as it is
+/// sent (age's 64 KiB chunks, seeking for Range requests), never whole: one holds
+/// about 0.5 MiB, and costs CPU that the media clock shares.
+pub const MAX_SEALED_STREAMS: usize = 8;
+/// Longest a decrypted stream may stay open (a player that never finishes reading).
+const SEALED_STREAM_MAX: Duration = Duration::from_secs(3600);
+const SEALED_CHUNK: usize = 64 * 1024;
 
 /// What the routes share.
 pub struct Shared {
@@ -79,10 +89,20 @@ pub struct Shared {
     pub calendar: Calendar,
     pub metrics: Arc<Metrics>,
     pub streams: Arc<Semaphore>,
+    /// The identities while the server is unsealed: sealed details and recordings
+    /// open only then.
+    pub keyring: Keyring,
+    /// Seals notes when `storage.recipients` is set.
+    pub note_sealer: Option<Arc<Sealer>>,
+    pub sealed_streams: Arc<Semaphore>,
 }
 
 pub fn stream_slots() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(MAX_STREAMS))
+}
+
+pub fn sealed_stream_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(MAX_SEALED_STREAMS))
 }
 
 type Sh = State<Arc<Shared>>;
@@ -355,6 +375,7 @@ fn ctx<'a>(sh: &'a Shared, a: &'a Auth) -> PageCtx<'a> {
         role: a.role,
         csrf: &a.csrf,
         cal: &sh.calendar,
+        unsealed: sh.keyring.is_unsealed(),
     }
 }
 
@@ -917,10 +938,12 @@ async fn inbox(
         .map(|r| r.chars().take(20).collect::<String>())
         .filter(|r| !r.trim().is_empty());
     let lang = a.lang;
+    let keyring = sh.keyring.clone();
     let (rows, search) = sh
         .db
         .run(move |c| {
-            let rows = sc::inbox(c, PAGE_ROWS + 1, page * PAGE_ROWS)?;
+            let mut rows = sc::inbox(c, PAGE_ROWS + 1, page * PAGE_ROWS)?;
+            sealed_view::open_inbox(c, &keyring, &mut rows)?;
             let search = match typed {
                 None => Search::None,
                 Some(t) => {
@@ -930,7 +953,9 @@ async fn inbox(
                             crate::reference::Reference::Valid(code)
                             | crate::reference::Reference::Legacy(code),
                         ) => {
-                            let found = sc::calls_with_references(c, std::slice::from_ref(&code))?;
+                            let mut found =
+                                sc::calls_with_references(c, std::slice::from_ref(&code))?;
+                            sealed_view::open_calls(c, &keyring, &mut found)?;
                             if found.is_empty() {
                                 Search::NotFound(code)
                             } else {
@@ -939,7 +964,9 @@ async fn inbox(
                         }
                         Err(crate::reference::ReferenceError::CheckDigit) => {
                             let near = crate::reference::corrections(&cleaned);
-                            Search::Corrected(cleaned, sc::calls_with_references(c, &near)?)
+                            let mut found = sc::calls_with_references(c, &near)?;
+                            sealed_view::open_calls(c, &keyring, &mut found)?;
+                            Search::Corrected(cleaned, found)
                         }
                         Err(crate::reference::ReferenceError::NotDigits) => {
                             Search::Invalid(t, tr(lang, "ref.not_digits").to_string())
@@ -975,14 +1002,17 @@ async fn call_page(
 ) -> Result<Response, Response> {
     let a = auth(&sh, &headers, Kind::Page).await?;
     let id = call_id(&raw, a.lang)?;
+    let keyring = sh.keyring.clone();
     let found = sh
         .db
         .run(move |c| {
-            let Some(call) = sc::call(c, id)? else {
+            let Some(mut call) = sc::call(c, id)? else {
                 return Ok(None);
             };
+            sealed_view::open_calls(c, &keyring, std::slice::from_mut(&mut call))?;
             let ids = sc::recording_ids(c, id)?;
-            let notes = sc::notes(c, id)?;
+            let mut notes = sc::notes(c, id)?;
+            sealed_view::open_notes(&keyring, &mut notes);
             let handled = sc::handled(c, id)?;
             Ok::<_, DbError>(Some((call, ids, notes, handled)))
         })
@@ -1015,6 +1045,7 @@ fn change_error(e: ChangeError, lang: Lang) -> Response {
             refusal(Kind::Page, lang, StatusCode::BAD_REQUEST, "note.too_long")
         }
         ChangeError::Database(e) => server_error(Kind::Page, lang, e),
+        ChangeError::Seal(e) => server_error(Kind::Page, lang, e),
     }
 }
 
@@ -1045,8 +1076,11 @@ async fn add_note(
     let id = call_id(&raw, a.lang)?;
     let author = a.account.clone();
     let body = f.body.unwrap_or_default();
+    let sealer = sh.note_sealer.clone();
     sh.db
-        .run(move |c| sc::add_note(c, id, &author, &body, SystemTime::now()))
+        .run(move |c| {
+            sc::add_note_sealed(c, id, &author, &body, sealer.as_deref(), SystemTime::now())
+        })
         .await
         .map_err(|e| change_error(e, a.lang))?;
     Ok(Redirect::to(&format!("/calls/{id}#notes")).into_response())
@@ -1124,8 +1158,21 @@ async fn recording(
             "error.no_recording",
         ));
     };
+    let sealed_file = path
+        .to_string_lossy()
+        .ends_with(crate::store::seal::SEALED_SUFFIX);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // Opened before the listen is audited: a refusal is not a listen.
+    let sealed = if sealed_file {
+        Some(open_for_playback(&sh, id, path.clone(), a.lang).await?)
+    } else {
+        None
+    };
     // A player fetches in ranges; a listen is the fetch of the start, once a while.
-    let from_start = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let from_start = match range.as_deref() {
         None => true,
         Some(r) => r.trim().starts_with("bytes=0-"),
     };
@@ -1151,6 +1198,9 @@ async fn recording(
             .await;
         }
     }
+    if let Some(opened) = sealed {
+        return Ok(sealed_response(opened, range.as_deref()));
+    }
     let served = tower::ServiceExt::oneshot(tower_http::services::ServeFile::new(path), req)
         .await
         .map_err(|e| server_error(Kind::Page, a.lang, e))?;
@@ -1159,6 +1209,190 @@ async fn recording(
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
     res.headers_mut().remove(header::LAST_MODIFIED);
     Ok(res)
+}
+
+type SealedReader = age::stream::StreamReader<std::io::BufReader<std::fs::File>>;
+
+/// A sealed recording opened for playback, holding one of the stream slots.
+struct SealedPlayback {
+    reader: SealedReader,
+    /// Length of the plaintext (the WAV).
+    len: u64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Opens a sealed recording with the server's identities: refused (423) while
+/// sealed, 503 when every stream slot is taken.
+async fn open_for_playback(
+    sh: &Arc<Shared>,
+    id: i64,
+    path: PathBuf,
+    lang: Lang,
+) -> Result<SealedPlayback, Response> {
+    let locked = || {
+        page_error(
+            lang,
+            StatusCode::LOCKED,
+            "sealed.recording",
+            tr(lang, "sealed.refused"),
+        )
+    };
+    if !sh.keyring.is_unsealed() {
+        return Err(locked());
+    }
+    let Ok(permit) = sh.sealed_streams.clone().try_acquire_owned() else {
+        return Err(page_error(
+            lang,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sealed.recording",
+            tr(lang, "sealed.busy"),
+        ));
+    };
+    let keyring = sh.keyring.clone();
+    let opened = tokio::task::spawn_blocking(move || open_sealed(&keyring, &path))
+        .await
+        .map_err(|e| server_error(Kind::Page, lang, e))?;
+    match opened {
+        Ok(Some((reader, len))) => Ok(SealedPlayback {
+            reader,
+            len,
+            permit,
+        }),
+        // Sealed again while it was being opened.
+        Ok(None) => Err(locked()),
+        Err(e) => {
+            tracing::error!(
+                recording = id,
+                "console: sealed recording does not open: {e}"
+            );
+            Err(refusal(
+                Kind::Page,
+                lang,
+                StatusCode::NOT_FOUND,
+                "error.no_recording",
+            ))
+        }
+    }
+}
+
+/// Decrypts the header of a sealed file; `None` while sealed. The identities are
+/// needed only for this: the reader keeps the file's own key.
+fn open_sealed(
+    keyring: &Keyring,
+    path: &std::path::Path,
+) -> Result<Option<(SealedReader, u64)>, String> {
+    use std::io::{Seek, SeekFrom};
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let decryptor =
+        age::Decryptor::new_buffered(std::io::BufReader::with_capacity(SEALED_CHUNK, file))
+            .map_err(|e| e.to_string())?;
+    let Some(reader) = keyring
+        .with(|identities| decryptor.decrypt(identities.iter().map(|i| i as &dyn age::Identity)))
+    else {
+        return Ok(None);
+    };
+    let mut reader = reader.map_err(|e| e.to_string())?;
+    // Authenticates the last chunk: a truncated file is refused here.
+    let len = reader.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    Ok(Some((reader, len)))
+}
+
+/// Which bytes of a `len`-byte body a `Range` header asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Span {
+    Whole,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+fn byte_span(range: Option<&str>, len: u64) -> Span {
+    let Some(value) = range else {
+        return Span::Whole;
+    };
+    let Ok(parsed) = http_range_header::parse_range_header(value) else {
+        return Span::Unsatisfiable;
+    };
+    match parsed.validate(len) {
+        Ok(ranges) if ranges.len() == 1 => {
+            let (first, last) = (*ranges[0].start(), *ranges[0].end());
+            if first >= len || first > last {
+                Span::Unsatisfiable
+            } else {
+                Span::Part(first, last)
+            }
+        }
+        // Several ranges: answered whole, as RFC 9110 allows (players ask for one).
+        Ok(_) => Span::Whole,
+        Err(_) => Span::Unsatisfiable,
+    }
+}
+
+/// The decrypted WAV, or the part of it asked for, decrypted as it is sent.
+fn sealed_response(opened: SealedPlayback, range: Option<&str>) -> Response {
+    let len = opened.len;
+    let (status, first, count) = match byte_span(range, len) {
+        Span::Whole => (StatusCode::OK, 0, len),
+        Span::Part(first, last) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
+        Span::Unsatisfiable => {
+            let mut res = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                res.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return res;
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    let SealedPlayback {
+        mut reader, permit, ..
+    } = opened;
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let _permit = permit;
+        let until = Instant::now() + SEALED_STREAM_MAX;
+        if let Err(e) = reader.seek(SeekFrom::Start(first)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut left = count;
+        while left > 0 {
+            if Instant::now() > until {
+                let _ = tx.blocking_send(Err(std::io::Error::other("playback took too long")));
+                return;
+            }
+            let mut buf = vec![0u8; left.min(SEALED_CHUNK as u64) as usize];
+            let chunk = match reader.read(&mut buf) {
+                Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                Ok(n) => {
+                    buf.truncate(n);
+                    left -= n as u64;
+                    Ok(bytes::Bytes::from(buf))
+                }
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            // The client has gone when the channel is closed.
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut res = Body::from_stream(stream).into_response();
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{}/{len}", first + count - 1))
+        {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    res
 }
 
 // ---- history and export --------------------------------------------------------------
@@ -1252,10 +1486,13 @@ async fn history(
         }
     };
     let before = q.before;
+    let keyring = sh.keyring.clone();
     let calls = sh
         .db
         .run(move |c| {
-            sc::filtered_calls(c, &filter, before, HISTORY_ROWS + 1).map_err(DbError::from)
+            let mut calls = sc::filtered_calls(c, &filter, before, HISTORY_ROWS + 1)?;
+            sealed_view::open_calls(c, &keyring, &mut calls)?;
+            Ok::<_, DbError>(calls)
         })
         .await
         .map_err(|e| server_error(Kind::Page, a.lang, e))?;
@@ -1304,16 +1541,26 @@ async fn export_csv(
     .await;
     let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     let db = sh.db.clone();
+    let keyring = sh.keyring.clone();
+    let data_dir = sh.data_dir.clone();
     tokio::spawn(async move {
         let _ = tx.send(Ok(export::header().into())).await;
         let mut before = None;
         let mut written = 0;
         while written < EXPORT_MAX_ROWS {
             let f = filter.clone();
+            let keyring = keyring.clone();
+            let data_dir = data_dir.clone();
             let page = db
                 .run(move |c| {
                     let ids = sc::filtered_call_ids(c, &f, before, 500)?;
-                    Ok::<_, DbError>((sc::calls_by_ids(c, &ids)?, ids.last().copied()))
+                    let mut calls = sc::calls_by_ids(c, &ids)?;
+                    sealed_view::open_calls(c, &keyring, &mut calls)?;
+                    // The same absolute paths `hotline calls --json` prints.
+                    for call in &mut calls {
+                        crate::store::details::resolve_paths(&mut call.recordings, &data_dir);
+                    }
+                    Ok::<_, DbError>((calls, ids.last().copied()))
                 })
                 .await;
             match page {
@@ -1664,5 +1911,32 @@ async fn metrics_text(
             "hotline did not answer in time\n",
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{byte_span, Span};
+
+    #[test]
+    fn ranges_of_a_decrypted_recording() {
+        assert_eq!(byte_span(None, 100), Span::Whole);
+        assert_eq!(byte_span(Some("bytes=0-"), 100), Span::Part(0, 99));
+        assert_eq!(byte_span(Some("bytes=10-19"), 100), Span::Part(10, 19));
+        assert_eq!(byte_span(Some("bytes=90-500"), 100), Span::Part(90, 99));
+        assert_eq!(byte_span(Some("bytes=-10"), 100), Span::Part(90, 99));
+        assert_eq!(byte_span(Some("bytes=0-1,5-6"), 100), Span::Whole);
+        for bad in [
+            "bytes=100-",
+            "bytes=200-300",
+            "bytes=20-10",
+            "bytes=-200",
+            "bytes=x-y",
+            "items=0-1",
+            "bytes=0-1,0-1",
+        ] {
+            assert_eq!(byte_span(Some(bad), 100), Span::Unsatisfiable, "{bad}");
+        }
+        assert_eq!(byte_span(Some("bytes=0-"), 0), Span::Unsatisfiable);
     }
 }

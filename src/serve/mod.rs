@@ -226,6 +226,7 @@ pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartErro
         board,
         metrics: metrics.clone(),
         figures: figures_tx,
+        keyring: vault.keyring(),
     };
     let listening = crate::console::start(&cfg, wiring)
         .await

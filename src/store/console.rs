@@ -207,6 +207,11 @@ pub struct InboxRow {
     pub answers: Vec<(String, String)>,
     pub handled: Option<Handled>,
     pub notes: i64,
+    /// Null when the call's details are stored in clear; "locked" or "opened" when
+    /// they are sealed (filled by `sealed_view::open_inbox`).
+    pub sealed: Option<String>,
+    /// The recording is a sealed file (`.age`).
+    pub recording_sealed: bool,
 }
 
 /// Voice messages, unhandled before handled, newest first within each; `offset`
@@ -215,7 +220,8 @@ pub fn inbox(conn: &Connection, limit: usize, offset: usize) -> rusqlite::Result
     let mut stmt = conn.prepare(
         "SELECT r.id, r.call_id, c.reference, r.created_at, r.duration_ms, r.partial,
                 h.handled_by, h.handled_at,
-                (SELECT count(*) FROM call_notes n WHERE n.call_id = r.call_id)
+                (SELECT count(*) FROM call_notes n WHERE n.call_id = r.call_id),
+                substr(r.path, -4) = '.age'
          FROM recordings r JOIN calls c ON c.id = r.call_id
          LEFT JOIN call_handled h ON h.call_id = r.call_id
          WHERE r.kind = 'voicemail'
@@ -237,6 +243,8 @@ pub fn inbox(conn: &Connection, limit: usize, offset: usize) -> rusqlite::Result
                 answers: Vec::new(),
                 handled: by.zip(at).map(|(by, at)| Handled { by, at }),
                 notes: r.get(8)?,
+                sealed: None,
+                recording_sealed: r.get(9)?,
             })
         },
     )?;
@@ -273,20 +281,34 @@ pub fn handled(conn: &Connection, call_id: i64) -> rusqlite::Result<Option<Handl
 pub struct Note {
     pub id: i64,
     pub author: String,
+    /// Empty while the note is sealed and not opened.
     pub body: String,
     pub created_at: String,
+    /// Null for a note stored in clear; "locked" or "opened" for a sealed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+    /// The sealed body while it is not opened (`sealed_view::open_notes`).
+    #[serde(skip)]
+    pub sealed_body: Option<Vec<u8>>,
 }
 
+/// A call's notes, oldest first; sealed ones come locked, with their sealed body.
 pub fn notes(conn: &Connection, call_id: i64) -> rusqlite::Result<Vec<Note>> {
     let mut stmt = conn.prepare(
-        "SELECT id, author, body, created_at FROM call_notes WHERE call_id = ?1 ORDER BY id",
+        "SELECT id, author, body, created_at, body_sealed FROM call_notes
+         WHERE call_id = ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![call_id], |r| {
+        let sealed_body: Option<Vec<u8>> = r.get(4)?;
         Ok(Note {
             id: r.get(0)?,
             author: r.get(1)?,
             body: r.get(2)?,
             created_at: r.get(3)?,
+            sealed: sealed_body
+                .is_some()
+                .then(|| super::sealed_view::LOCKED.to_string()),
+            sealed_body,
         })
     })?;
     rows.collect()
@@ -301,6 +323,8 @@ pub enum ChangeError {
     EmptyNote,
     #[error("a note has at most {MAX_NOTE_CHARS} characters (this one has {0})")]
     NoteTooLong(usize),
+    #[error("the note could not be sealed: {0}")]
+    Seal(String),
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
 }
@@ -323,6 +347,20 @@ pub fn add_note(
     body: &str,
     now: SystemTime,
 ) -> Result<i64, ChangeError> {
+    add_note_sealed(conn, call_id, author, body, None, now)
+}
+
+/// Adds a note; with a sealer (`storage.recipients` set) its body is stored only
+/// sealed, like the call's other details. The audit entry names the note, never its
+/// text.
+pub fn add_note_sealed(
+    conn: &mut Connection,
+    call_id: i64,
+    author: &str,
+    body: &str,
+    sealer: Option<&super::seal::Sealer>,
+    now: SystemTime,
+) -> Result<i64, ChangeError> {
     let body = body.trim();
     if body.is_empty() {
         return Err(ChangeError::EmptyNote);
@@ -335,9 +373,15 @@ pub fn add_note(
     if !call_exists(&tx, call_id)? {
         return Err(ChangeError::NoSuchCall(call_id));
     }
+    let sealed = sealer
+        .map(|s| super::sealed_view::seal_note(s, body))
+        .transpose()
+        .map_err(|e| ChangeError::Seal(e.to_string()))?;
+    let clear = if sealed.is_some() { "" } else { body };
     tx.execute(
-        "INSERT INTO call_notes (call_id, author, body, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![call_id, author, body, rfc3339(now)],
+        "INSERT INTO call_notes (call_id, author, body, created_at, body_sealed)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![call_id, author, clear, rfc3339(now), sealed],
     )?;
     let id = tx.last_insert_rowid();
     insert_audit(

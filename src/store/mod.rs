@@ -6,10 +6,12 @@
 pub mod backup;
 pub mod console;
 pub mod details;
+pub mod keyring;
 mod operators;
 mod queries;
 pub mod retention;
 pub mod seal;
+pub mod sealed_view;
 pub mod startup;
 mod writer;
 
@@ -181,6 +183,9 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE INDEX recordings_kind ON recordings(kind, id);
     CREATE INDEX queue_events_at ON queue_events(at);",
+    // 8: with storage.recipients set, a note's body is stored sealed (age) and its
+    // clear column left empty
+    "ALTER TABLE call_notes ADD COLUMN body_sealed BLOB;",
 ];
 
 pub fn rfc3339(t: SystemTime) -> String {

@@ -249,6 +249,8 @@ pub fn execute(conn: &mut Connection, data_dir: &Path, plan: &Plan) -> rusqlite:
         "digits",
         "ivr_path",
         "call_sealed",
+        "call_notes",
+        "call_handled",
         "queue_events",
         "recordings",
     ] {
@@ -387,6 +389,23 @@ mod tests {
             params![id, t],
         )
         .unwrap();
+        // What the console adds: a note, a handled mark and the audit entry of both.
+        conn.execute(
+            "INSERT INTO call_notes (call_id, author, body, created_at, body_sealed)
+             VALUES (?1, 'anna', '', ?2, x'00')",
+            params![id, t],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO call_handled (call_id, handled_by, handled_at) VALUES (?1, 'anna', ?2)",
+            params![id, t],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO audit_log (at, actor, action, call_id, detail) VALUES (?1, 'anna', 'note', ?2, 'note 1')",
+            params![t, id],
+        )
+        .unwrap();
         let rel = format!("recordings/day{id}/{id}-voicemail.wav.age");
         std::fs::create_dir_all(dir.join(format!("recordings/day{id}"))).unwrap();
         std::fs::write(dir.join(&rel), b"sealed").unwrap();
@@ -439,13 +458,23 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(left, [middle, recent, live]);
-        for table in ["answers", "call_sealed", "queue_events"] {
+        for table in [
+            "answers",
+            "call_sealed",
+            "queue_events",
+            "call_notes",
+            "call_handled",
+        ] {
             let n = count(
                 &conn,
                 &format!("SELECT count(*) FROM {table} WHERE call_id IN ({old}, {old2})"),
             );
             assert_eq!(n, 0, "{table}");
         }
+        assert_eq!(count(&conn, "SELECT count(*) FROM call_notes"), 3);
+        // The audit log is append-only: its entries stay, naming a purged call by its
+        // database id only.
+        assert_eq!(count(&conn, "SELECT count(*) FROM audit_log"), 5);
         assert_eq!(count(&conn, "SELECT count(*) FROM recordings"), 1);
         assert!(dir
             .path()

@@ -102,6 +102,13 @@ fn seal_leftovers(
             "answers stored in clear before sealing was on were sealed"
         );
     }
+    let notes = super::sealed_view::seal_clear_notes(conn, sealer)?;
+    if notes > 0 {
+        tracing::warn!(
+            notes,
+            "notes stored in clear before sealing was on were sealed"
+        );
+    }
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     Ok(())
 }
