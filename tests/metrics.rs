@@ -134,6 +134,8 @@ fn check_labels(text: &str) {
                     "send_error",
                     "queue_full",
                     "tcp_refused",
+                    "tcp_message_timeout",
+                    "tls_handshake_failure",
                 ]
                 .contains(&v),
                 "state" => [
