@@ -400,6 +400,26 @@ fn a_thousand_calls_in_one_virtual_second() {
         .all(|&(p, c)| sim.phones[p].ended(c).as_deref() == Some("our-bye")));
 }
 
+/// Finished calls leave no SIP transaction behind once late retransmissions are over:
+/// the INVITE transaction of every answered call used to stay for good.
+#[test]
+fn finished_calls_leave_no_transactions() {
+    let mut sim = Sim::new(NetConfig::default());
+    let phones: Vec<usize> = (0..5).map(|_| sim.add_phone()).collect();
+    let calls: Vec<_> = phones.iter().map(|&p| (p, sim.call(p))).collect();
+    assert!(sim.run_until(secs(3), |s| calls
+        .iter()
+        .all(|&(p, c)| s.phones[p].answered_at(c).is_some())));
+    sim.run_for(secs(1));
+    for &(p, c) in &calls {
+        sim.hang_up(p, c);
+    }
+    assert!(sim.run_until(secs(10), |s| s.hotline.sb.ep.call_count() == 0));
+    // Timer L (64*T1) and the BYE transactions' timer J, then nothing is held.
+    sim.run_for(secs(40));
+    assert_eq!(sim.hotline.sb.ep.transaction_count(), 0);
+}
+
 /// A caller who presses nothing is led through every question to the voice message
 /// (nobody is logged in), as `hotline check --paths` computes for the shipped flow.
 #[test]

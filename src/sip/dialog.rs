@@ -10,7 +10,7 @@
 use super::endpoint::{EndpointConfig, Output};
 use super::headers;
 use super::message::{self, finish_message, Method, Request};
-use super::transactions::Transactions;
+use super::transactions::{TimerRef, Transactions};
 use crate::call::{CallId, Codec, MediaCommand, Peer};
 use crate::sdp::{self, RemoteMedia, SdpOrigin};
 use std::fmt::Write as _;
@@ -281,6 +281,9 @@ impl Dialog {
         if let Some(key) = self.reinvite.take() {
             if let Some(e) = t.server.get_mut(&key) {
                 e.tx.on_ack(now);
+                if let Some(at) = e.tx.poll_timeout() {
+                    t.schedule(at, TimerRef::Server(key.clone()));
+                }
             }
         }
     }

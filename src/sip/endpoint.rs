@@ -276,6 +276,11 @@ impl Endpoint {
         self.active
     }
 
+    /// Server and client transactions held (each call's end should bring it to zero).
+    pub fn transaction_count(&self) -> usize {
+        self.t.server.len() + self.t.client.len()
+    }
+
     pub fn call_count(&self) -> usize {
         self.calls.len()
     }

@@ -169,6 +169,10 @@ impl InboundCall {
         self.state = InboundState::Confirmed;
         if let Some(e) = t.server.get_mut(&self.invite_key) {
             e.tx.on_ack(now);
+            // Its last timer lets the endpoint drop it once late INVITE copies are over.
+            if let Some(at) = e.tx.poll_timeout() {
+                t.schedule(at, TimerRef::Server(self.invite_key.clone()));
+            }
         }
         let call = self.dialog.call;
         if let (Some(offer), Some(codec)) = (&self.dialog.media.remote, self.dialog.media.codec) {

@@ -164,6 +164,15 @@ impl ServerTransaction {
                 self.state = ServerState::Terminated;
                 self.retransmit_at = None;
                 self.timeout_at = None;
+                // Its holder drops a transaction when a timer finds it terminated. Kept
+                // for timer L (RFC 6026) so that late copies of the INVITE are still
+                // absorbed, then dropped: without this timer every answered call's
+                // transaction and 200 OK stayed in the endpoint's table for good.
+                self.end_at = Some(if self.reliable {
+                    now
+                } else {
+                    now + self.timers.t64()
+                });
             }
             _ => {}
         }
@@ -428,9 +437,39 @@ mod tests {
         tx.send_response(t0, 200, bytes("200"));
         let fired = run_server(&mut tx, t0, Duration::from_millis(1600));
         assert_eq!(fired.len(), 2);
-        tx.on_ack(t0 + Duration::from_millis(1600));
+        let ack_at = t0 + Duration::from_millis(1600);
+        tx.on_ack(ack_at);
         assert!(tx.is_terminated());
+        // One last wake-up, after timer L, for the holder to drop it; nothing is sent.
+        let l = ack_at + TimerConfig::default().t64();
+        assert_eq!(tx.poll_timeout(), Some(l));
+        assert!(tx.handle_timeout(l).retransmit.is_none());
         assert_eq!(tx.poll_timeout(), None);
+    }
+
+    /// Without the last timer the endpoint never dropped an answered call's INVITE
+    /// transaction (about 1 kB per call, for good).
+    #[test]
+    fn ack_of_a_2xx_leaves_one_timer_to_drop_the_transaction() {
+        let t0 = Instant::now();
+        for (reliable, keep) in [
+            (false, TimerConfig::default().t64()),
+            (true, Duration::ZERO),
+        ] {
+            let mut tx = ServerTransaction::new(true, reliable, TimerConfig::default());
+            assert!(tx.send_response(t0, 200, bytes("SIP/2.0 200 OK")));
+            let ack_at = t0 + Duration::from_millis(30);
+            tx.on_ack(ack_at);
+            assert!(tx.is_terminated());
+            assert_eq!(
+                tx.poll_timeout(),
+                Some(ack_at + keep),
+                "reliable {reliable}"
+            );
+            let out = tx.handle_timeout(ack_at + keep);
+            assert!(out.retransmit.is_none() && out.event.is_none());
+            assert_eq!(tx.poll_timeout(), None);
+        }
     }
 
     #[test]
