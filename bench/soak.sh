@@ -11,6 +11,8 @@
 #   CALLS=50 MINUTES=3 bench/soak.sh   # a short check of the script
 #   NICE=-10 bench/soak.sh             # ahead of other work on a shared machine
 #   HOTLINE=/path/to/hotline bench/soak.sh   # another build of the server
+#   NO_BUILD=1 bench/soak.sh           # use the binaries as they are
+#   PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 bench/soak.sh   # another allocator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CALLS="${CALLS:-200}"
@@ -19,8 +21,10 @@ WARMUP="${WARMUP:-300}"
 CHURN="${CHURN:-5-120}"
 HOTLINE="${HOTLINE:-target/release/hotline}"
 if [ -z "${HOTLINE_BENCH_NETNS:-}" ]; then
-    cargo build --release --quiet --example loadgen
-    [ "$HOTLINE" != target/release/hotline ] || cargo build --release --quiet
+    if [ -z "${NO_BUILD:-}" ]; then
+        cargo build --release --quiet --example loadgen
+        [ "$HOTLINE" != target/release/hotline ] || cargo build --release --quiet
+    fi
     exec unshare --net -- env HOTLINE_BENCH_NETNS=1 "$0" "$@"
 fi
 ip link set lo up
@@ -51,7 +55,7 @@ if [ -n "${NICE:-}" ]; then
     prio=(nice -n "$NICE")
     if [ -w /proc/self/autogroup ]; then echo "$NICE" >/proc/self/autogroup || true; fi
 fi
-"${prio[@]}" "$HOTLINE" serve "${settings[@]}" >"$work/server.out" 2>"$work/server.log" &
+"${prio[@]}" env ${PRELOAD:+LD_PRELOAD="$PRELOAD"} "$HOTLINE" serve "${settings[@]}" >"$work/server.out" 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 100); do
     ss -Hlun 'sport = :5060' | grep -q . && break
@@ -72,7 +76,7 @@ ss -Hlun 'sport = :5060' | grep -q . || { echo "server did not start:"; cat "$wo
 sampler=$!
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)${NICE:+, nice $NICE}"
-echo "server: $HOTLINE ($(sha1sum <"$HOTLINE" | cut -c1-12)) serve ${settings[*]}"
+echo "server: ${PRELOAD:+LD_PRELOAD=$PRELOAD }$HOTLINE ($(sha1sum <"$HOTLINE" | cut -c1-12)) serve ${settings[*]}"
 args=(127.0.0.1:5060 --calls "$CALLS" --churn "$CHURN" --duration "$((MINUTES * 60))" --server-pid "$pid")
 echo "generator: target/release/examples/loadgen ${args[*]} $*"
 "${prio[@]}" target/release/examples/loadgen "${args[@]}" "$@" >"$work/report" 2> >(tee "$work/progress" >&2)
