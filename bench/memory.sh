@@ -11,10 +11,15 @@
 #   bench/memory.sh                         # system jemalloc mimalloc glibc-arena2
 #   bench/memory.sh system jemalloc         # only these
 #
-# HOTLINE=path measures another build of the server. "system" is the binary as built (glibc malloc unless the build sets a global
-# allocator); "jemalloc" and "mimalloc" preload Debian's libjemalloc2 and
-# libmimalloc2.0 into the same binary; "glibc-arena2" is glibc with
-# MALLOC_ARENA_MAX=2. Needs root (unshare), sipp, and the two libraries.
+# HOTLINE=path measures another build of the server; KEEP=1 keeps the logs. "system"
+# is the binary as built: mimalloc by default (src/main.rs), glibc malloc when built
+# with --no-default-features. "jemalloc" and "mimalloc" preload Debian's libjemalloc2
+# and libmimalloc2.0, which replace glibc's malloc only, so compare them on a
+# --no-default-features build:
+#   cargo build --release --no-default-features && cp target/release/hotline /tmp/h
+#   HOTLINE=/tmp/h bench/memory.sh
+# "glibc-arena2" is glibc with MALLOC_ARENA_MAX=2. Needs root (unshare), sipp, and the
+# two libraries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOTLINE="${HOTLINE:-target/release/hotline}"
