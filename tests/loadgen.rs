@@ -175,3 +175,54 @@ fn generator_calls_press_keys_leave_messages_and_its_summary_matches_the_store()
     }
     server.assert_no_panic();
 }
+
+/// Churn: every call hangs up a random 3-6 s after its answer and a new one takes its
+/// place, so 4 are up at once through a 14 s window and each caller hears what its
+/// length allows. Every call the generator placed is stored, hung up by the caller.
+#[test]
+fn churn_replaces_each_call_that_ends_and_keeps_the_number_up() {
+    let server = Server::start(&["queue.voicemail_when_nobody_logged_in=false"]);
+    let SocketAddr::V4(addr) = server.udp else {
+        panic!("IPv4 server address expected")
+    };
+    let mut opts = Options::new(addr);
+    opts.calls = 4;
+    opts.rate = 20.0;
+    opts.voicemail_share = 0.0;
+    opts.churn = Some((Duration::from_secs(3), Duration::from_secs(6)));
+    opts.duration = Duration::from_secs(14);
+    opts.rtp_sockets = 1;
+    opts.per_call = true;
+
+    let report = loadgen::run::run(&opts, &mut |l| eprintln!("loadgen: {l}")).expect("run");
+    println!("{}", report.human());
+    let c = &report.calls;
+    // 14 s of 4 lines at 3-6 s a call: at least 4 × 14 / 6 calls, at most 4 × 16 / 3.
+    assert!((10..=22).contains(&c.answered), "{c:?}");
+    assert_eq!(c.dialed, c.answered, "{c:?}");
+    assert!(c.failed.is_empty(), "{c:?}");
+    assert_eq!((c.bye_timeouts, c.unfinished, c.ended_by_server), (0, 0, 0));
+    assert_eq!(c.ended_by_us.get("200"), Some(&c.answered), "{c:?}");
+    assert_eq!(report.window.calls_up_at_start, 4);
+    let lines = report.per_call.as_ref().expect("per-call lines");
+    for line in lines {
+        // 50 packets a second of the server's audio for as long as the call lasted
+        // (shorter only for the calls cut at the end of the window).
+        assert!(line.packets <= 6 * 50 + 25, "{line:?}");
+        assert_eq!(line.missing, 0, "{line:?}");
+    }
+    let full = lines.iter().filter(|l| l.packets >= 3 * 50 - 25).count();
+    assert!(
+        full + 4 >= lines.len(),
+        "only the last calls are cut short: {lines:?}"
+    );
+
+    let rows = server.wait_calls(Duration::from_secs(20), |rows| {
+        rows.len() == lines.len() && rows.iter().all(|r| r["end_reason"].is_string())
+    });
+    assert_eq!(rows.len(), lines.len());
+    for row in &rows {
+        assert_eq!(row["end_reason"], "caller-bye", "{row}");
+    }
+    server.assert_no_panic();
+}

@@ -7,6 +7,7 @@
 //! generator states its own CPU time. Run through `bench/ivr-load.sh`.
 //!
 //!     loadgen 127.0.0.1:5060 --calls 1000 --duration 30 [--json] [--server-pid PID]
+//!     loadgen 127.0.0.1:5060 --calls 200 --churn 5-120 --duration 1800   # soak
 
 mod cpu;
 mod dialog;
@@ -21,7 +22,7 @@ mod sip;
 mod stats;
 
 use clap::Parser;
-use options::{parse_schedule, Finish, Keying, Options};
+use options::{parse_range, parse_schedule, Finish, Keying, Options};
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -87,6 +88,12 @@ struct Args {
     /// Include one line per call in the JSON.
     #[arg(long)]
     per_call: bool,
+    /// Churn: MIN-MAX seconds. Each call hangs up a random time in this range after
+    /// its answer (a message caller presses the finishing key then, at 35 s at the
+    /// earliest) and a new call takes its place, so that --calls are up at once for
+    /// the whole window; the window opens when the first --calls are dialled.
+    #[arg(long, value_name = "MIN-MAX")]
+    churn: Option<String>,
 }
 
 fn secs(v: f64, name: &str) -> Result<Duration, String> {
@@ -115,6 +122,10 @@ fn options(a: Args) -> Result<(Options, bool), String> {
     o.server_pid = a.server_pid;
     o.seed = a.seed;
     o.per_call = a.per_call;
+    o.churn = a
+        .churn
+        .map(|c| parse_range(&c).map_err(|e| format!("--churn: {e}")))
+        .transpose()?;
     o.check()?;
     Ok((o, a.json))
 }

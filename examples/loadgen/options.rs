@@ -86,6 +86,9 @@ pub struct Options {
     pub seed: u64,
     /// Keep a line per call in the report.
     pub per_call: bool,
+    /// Churn: each call lasts a random time in this range after its answer and is
+    /// replaced by a new one, `calls` at once, until the window ends.
+    pub churn: Option<(Duration, Duration)>,
 }
 
 impl Options {
@@ -123,6 +126,7 @@ impl Options {
             server_pid: None,
             seed: 1,
             per_call: false,
+            churn: None,
         }
     }
 
@@ -141,6 +145,11 @@ impl Options {
         }
         if self.duration.is_zero() {
             return Err("--duration must be more than 0".into());
+        }
+        if let Some((min, max)) = self.churn {
+            if min.is_zero() || min > max {
+                return Err("--churn must be MIN-MAX seconds with 0 < MIN <= MAX".into());
+            }
         }
         if !is_key(self.finish_key) {
             return Err(format!("--finish-key {:?} is not a key", self.finish_key));
@@ -163,6 +172,21 @@ impl Options {
             Keying::Mixed => KeyMode::Inband,
         }
     }
+}
+
+/// `"5-120"`: the shortest and longest call of `--churn`, in seconds.
+pub fn parse_range(s: &str) -> Result<(Duration, Duration), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
+    let secs = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|f| Duration::try_from_secs_f64(f).ok())
+            .ok_or_else(|| format!("{v:?} is not a number of seconds"))
+    };
+    Ok((secs(a)?, secs(b)?))
 }
 
 /// `"1@3,2@4.5,#@5"`: key and seconds after the answer, sorted by time.
@@ -193,6 +217,19 @@ pub fn parse_schedule(s: &str) -> Result<Vec<(char, Duration)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn churn_ranges_parse_and_refuse_nonsense() {
+        let s = Duration::from_secs;
+        assert_eq!(parse_range("5-120"), Ok((s(5), s(120))));
+        assert!(parse_range("5").is_err());
+        assert!(parse_range("a-3").is_err());
+        let mut o = Options::new("127.0.0.1:5060".parse().unwrap());
+        o.churn = Some((s(10), s(5)));
+        assert!(o.check().is_err());
+        o.churn = Some((s(5), s(5)));
+        assert!(o.check().is_ok());
+    }
 
     #[test]
     fn schedules_parse_and_refuse_nonsense() {

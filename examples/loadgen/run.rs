@@ -33,6 +33,11 @@ const LINGER: Duration = Duration::from_secs(2);
 const MAX_CATCH_UP: u32 = 5;
 /// Marks a server port whose call has ended (its late packets are counted apart).
 const ENDED: u32 = 1 << 31;
+/// With churn, a message caller presses the finishing key no earlier than this after
+/// the answer: the shipped flow starts recording at about 30 s.
+const CHURN_MESSAGE_MIN: Duration = Duration::from_secs(35);
+/// With churn, a progress line this often.
+const CHURN_PROGRESS: Duration = Duration::from_secs(60);
 
 struct Call {
     voicemail: bool,
@@ -135,34 +140,33 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
     vm_schedule.sort_by_key(|(_, t)| *t);
 
     let (mut vm_n, mut other_n) = (0, 0);
-    let mut calls: Vec<Call> = (0..opts.calls)
-        .map(|i| {
-            let voicemail = opts.leaves_message(i);
-            let nth = if voicemail { &mut vm_n } else { &mut other_n };
-            let mode = opts.key_mode(*nth);
-            *nth += 1;
-            Call {
-                voicemail,
-                mode,
-                sock: i % opts.rtp_sockets,
-                dialog: None,
-                dialed_at: None,
-                setup: None,
-                answered_at: None,
-                media: None,
-                tx: None,
-                next_send: Instant::now(),
-                rx: Stream::default(),
-                next_key: 0,
-                pressed: String::new(),
-                finish_at: None,
-                finished: false,
-                hangup_at: None,
-                outcome: None,
-                ended_at: None,
-            }
-        })
-        .collect();
+    let mut new_call = |i: usize| {
+        let voicemail = opts.leaves_message(i);
+        let nth = if voicemail { &mut vm_n } else { &mut other_n };
+        let mode = opts.key_mode(*nth);
+        *nth += 1;
+        Call {
+            voicemail,
+            mode,
+            sock: i % opts.rtp_sockets,
+            dialog: None,
+            dialed_at: None,
+            setup: None,
+            answered_at: None,
+            media: None,
+            tx: None,
+            next_send: Instant::now(),
+            rx: Stream::default(),
+            next_key: 0,
+            pressed: String::new(),
+            finish_at: None,
+            finished: false,
+            hangup_at: None,
+            outcome: None,
+            ended_at: None,
+        }
+    };
+    let mut calls: Vec<Call> = (0..opts.calls).map(&mut new_call).collect();
 
     let server_rss_idle = opts.server_pid.and_then(cpu::process_rss_kb);
     let probe = Probe::start().map_err(|e| io_err("timer probe", e))?;
@@ -199,6 +203,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
     let mut give_up: Option<Instant> = None;
     let mut burst_finishers = 0usize;
     let mut finished_at: Option<Instant> = None;
+    let mut next_churn_progress = t0 + CHURN_PROGRESS;
 
     progress(&format!(
         "dialing {} calls at {}/s to {} ({} leave a message)",
@@ -314,6 +319,64 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
 
         if now >= next_housekeeping {
             next_housekeeping = now + HOUSEKEEPING;
+            if opts.churn.is_some() && phases.is_none() {
+                // The window opens once the first calls are dialled and lasts the run.
+                let start = t0 + Duration::from_secs_f64(opts.calls as f64 / opts.rate);
+                let end = start + opts.duration;
+                let p = Phases {
+                    start,
+                    end,
+                    burst_at: start + opts.duration / 2,
+                    last_hangup: end + SPREAD + opts.drain,
+                };
+                window = Window {
+                    from: mono(start),
+                    to: mono(end),
+                };
+                burst = Window {
+                    from: mono(p.burst_at),
+                    to: mono(p.burst_at + opts.burst_window),
+                };
+                give_up = Some(p.last_hangup + BYE_GRACE);
+                phases = Some(p);
+            }
+            if let (Some(_), Some(p)) = (opts.churn, phases) {
+                if now < p.end {
+                    // A new call for every one that ended.
+                    let live = calls
+                        .iter()
+                        .filter(|c| c.dialog.is_none() || !c.is_done())
+                        .count();
+                    for _ in live..opts.calls {
+                        let i = calls.len();
+                        calls.push(new_call(i));
+                    }
+                }
+                if now >= next_churn_progress {
+                    next_churn_progress += CHURN_PROGRESS;
+                    let failed = calls
+                        .iter()
+                        .filter(|c| {
+                            matches!(
+                                c.outcome,
+                                Some(
+                                    Outcome::Refused(_)
+                                        | Outcome::SetupTimeout
+                                        | Outcome::BadAnswer(_)
+                                        | Outcome::ByeTimeout
+                                )
+                            )
+                        })
+                        .count();
+                    progress(&format!(
+                        "{:.0} s: {} calls placed, {} up, {} failed",
+                        (now - t0).as_secs_f64(),
+                        calls.len(),
+                        calls.iter().filter(|c| c.is_up()).count(),
+                        failed
+                    ));
+                }
+            }
             // New calls.
             while next_dial < calls.len()
                 && t0 + Duration::from_secs_f64(next_dial as f64 / opts.rate) <= now
@@ -368,6 +431,33 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, Str
                 let c = &mut calls[i];
                 if !c.is_up() {
                     continue;
+                }
+                if let (Some((min, max)), Some(answered), None) =
+                    (opts.churn, c.answered_at, c.hangup_at)
+                {
+                    let u = media::splitmix(opts.seed ^ (i as u64).wrapping_mul(0x2545_F491))
+                        as f64
+                        / u64::MAX as f64;
+                    let length = min + (max - min).mul_f64(u);
+                    if c.voicemail {
+                        let finish = answered + length.max(CHURN_MESSAGE_MIN);
+                        c.finish_at = Some(finish);
+                        c.hangup_at = Some(finish + opts.drain);
+                    } else {
+                        c.hangup_at = Some(answered + length);
+                    }
+                }
+                if let Some(p) = phases.filter(|_| opts.churn.is_some()) {
+                    if now >= p.end {
+                        // The end of the run: everyone still up finishes and hangs up.
+                        let spread = SPREAD * (i % 100) as u32 / 100;
+                        if c.voicemail {
+                            c.finish_at = c.finish_at.map(|f| f.min(p.end + spread));
+                            c.hangup_at = Some(p.last_hangup);
+                        } else {
+                            c.hangup_at = c.hangup_at.map(|h| h.min(p.end + spread));
+                        }
+                    }
                 }
                 let (Some(answered), Some(tx)) = (c.answered_at, c.tx.as_mut()) else {
                     continue;

@@ -346,11 +346,32 @@ fn trim_leading_crlf(mut buf: &[u8]) -> &[u8] {
 }
 
 /// Splits a TCP byte stream into messages by Content-Length (RFC 3261 §18.3), which is
-/// mandatory on streams. Keeps at most `max_message` bytes buffered.
+/// mandatory on streams. Refuses a message larger than `max_message` bytes.
+///
+/// Work per byte received is constant: the search for the end of the header section
+/// resumes where the last one stopped, a head is parsed once (not again for every
+/// piece of its body), and messages taken from the buffer are only cut off it at the
+/// next push, so a push holding many messages is not shifted once per message.
+/// (Rescanning made a 60 kB message sent one byte per segment cost 0.8-2 s of CPU.)
 #[derive(Debug)]
 pub struct StreamFramer {
     buf: Vec<u8>,
     max_message: usize,
+    /// Bytes at the start of `buf` that belong to messages already returned.
+    consumed: usize,
+    /// Bytes after `consumed` already searched for the end of the header section.
+    searched: usize,
+    /// The current message's head, once complete, while its body arrives.
+    head: Option<PendingHead>,
+}
+
+#[derive(Debug)]
+struct PendingHead {
+    start: StartLine,
+    headers: Vec<RawHeader>,
+    /// Offsets from the start of the message.
+    body_start: usize,
+    body_len: usize,
 }
 
 #[derive(Debug)]
@@ -366,66 +387,99 @@ impl StreamFramer {
         StreamFramer {
             buf: Vec::new(),
             max_message,
+            consumed: 0,
+            searched: 0,
+            head: None,
         }
     }
 
     pub fn push(&mut self, data: &[u8]) {
+        // What is left after the last message returned arrived in the last push, so
+        // cutting here costs no more than that push did.
+        if self.consumed > 0 {
+            self.buf.drain(..self.consumed);
+            self.consumed = 0;
+        }
         self.buf.extend_from_slice(data);
     }
 
     /// Next complete message, if any.
     pub fn next_item(&mut self) -> Option<StreamItem> {
-        // RFC 5626 keep-alives (CRLF CRLF) and stray line ends between messages.
-        let lead = self
-            .buf
-            .iter()
-            .take_while(|b| matches!(b, b'\r' | b'\n'))
-            .count();
-        if lead > 0 {
-            self.buf.drain(..lead);
-        }
-        if self.buf.is_empty() {
-            return None;
-        }
-        let Some((head_end, body_start)) = find_header_end(&self.buf) else {
-            if self.buf.len() > self.max_message {
-                return Some(StreamItem::Fatal(FrameError::TooLarge, None));
+        if self.head.is_none() {
+            if self.searched == 0 {
+                // RFC 5626 keep-alives (CRLF CRLF) and stray line ends between messages.
+                self.consumed += self.buf[self.consumed..]
+                    .iter()
+                    .take_while(|b| matches!(b, b'\r' | b'\n'))
+                    .count();
             }
-            return None;
-        };
-        let parsed = parse_head(&self.buf[..head_end]);
-        let (start, headers) = match parsed {
-            Ok(x) => x,
-            Err(e) => {
-                let partial = salvage_headers(&self.buf[..head_end]);
-                return Some(StreamItem::Fatal(e, partial));
+            let msg = &self.buf[self.consumed..];
+            if msg.is_empty() {
+                return None;
             }
-        };
-        let partial = || RawMessage {
-            start: start.clone(),
-            headers: headers.clone(),
-            body: Vec::new(),
-            head: Vec::new(),
-        };
-        let len = match content_length(&headers) {
-            Ok(Some(n)) => n,
-            Ok(None) => {
+            // A line end that straddled the last search's end is looked at again.
+            let from = self.searched.saturating_sub(2);
+            let Some((head_end, body_start)) =
+                find_header_end(&msg[from..]).map(|(end, body)| (from + end, from + body))
+            else {
+                self.searched = msg.len();
+                if msg.len() > self.max_message {
+                    return Some(StreamItem::Fatal(FrameError::TooLarge, None));
+                }
+                return None;
+            };
+            let (start, headers) = match parse_head(&msg[..head_end]) {
+                Ok(x) => x,
+                Err(e) => {
+                    let partial = salvage_headers(&msg[..head_end]);
+                    return Some(StreamItem::Fatal(e, partial));
+                }
+            };
+            let partial = |start: StartLine, headers: Vec<RawHeader>| RawMessage {
+                start,
+                headers,
+                body: Vec::new(),
+                head: Vec::new(),
+            };
+            let body_len = match content_length(&headers) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    return Some(StreamItem::Fatal(
+                        FrameError::MissingContentLengthOnStream,
+                        Some(partial(start, headers)),
+                    ))
+                }
+                Err(e) => return Some(StreamItem::Fatal(e, Some(partial(start, headers)))),
+            };
+            if body_start.saturating_add(body_len) > self.max_message {
                 return Some(StreamItem::Fatal(
-                    FrameError::MissingContentLengthOnStream,
-                    Some(partial()),
-                ))
+                    FrameError::TooLarge,
+                    Some(partial(start, headers)),
+                ));
             }
-            Err(e) => return Some(StreamItem::Fatal(e, Some(partial()))),
-        };
-        if body_start + len > self.max_message {
-            return Some(StreamItem::Fatal(FrameError::TooLarge, Some(partial())));
+            self.head = Some(PendingHead {
+                start,
+                headers,
+                body_start,
+                body_len,
+            });
         }
-        if self.buf.len() < body_start + len {
+        let pending = self.head.as_ref()?;
+        let end = pending.body_start + pending.body_len;
+        let msg = &self.buf[self.consumed..];
+        if msg.len() < end {
             return None;
         }
-        let body = self.buf[body_start..body_start + len].to_vec();
-        let head = self.buf[..body_start].to_vec();
-        self.buf.drain(..body_start + len);
+        let PendingHead {
+            start,
+            headers,
+            body_start,
+            ..
+        } = self.head.take()?;
+        let body = msg[body_start..end].to_vec();
+        let head = msg[..body_start].to_vec();
+        self.consumed += end;
+        self.searched = 0;
         Some(StreamItem::Message(RawMessage {
             start,
             headers,
@@ -530,6 +584,195 @@ mod tests {
             }
         }
         assert!(f.next_item().is_none());
+    }
+
+    /// Pieces of any size, a line end split across them, a keep-alive between
+    /// messages: the same messages as one push (the search resumes, it does not
+    /// restart).
+    #[test]
+    fn stream_framer_same_messages_in_pieces_of_any_size() {
+        let stream: &[u8] = b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 3\r\n\r\nabc\r\n\r\nBYE sip:b SIP/2.0\nContent-Length: 0\n\nINFO sip:c SIP/2.0\r\nContent-Length: 2\r\n\r\nxy";
+        let frame_all = |piece: usize| {
+            let mut f = StreamFramer::new(4096);
+            let mut out = Vec::new();
+            for p in stream.chunks(piece) {
+                f.push(p);
+                while let Some(item) = f.next_item() {
+                    match item {
+                        StreamItem::Message(m) => out.push((m.method().map(str::to_owned), m.body)),
+                        StreamItem::Fatal(e, _) => panic!("piece {piece}: {e}"),
+                    }
+                }
+            }
+            out
+        };
+        let whole = frame_all(stream.len());
+        assert_eq!(whole.len(), 3, "{whole:?}");
+        assert_eq!(whole[2].1, b"xy");
+        for piece in 1..stream.len() {
+            assert_eq!(frame_all(piece), whole, "piece {piece}");
+        }
+    }
+
+    /// A head that never ends is refused once it passes the limit, also when it comes
+    /// one byte at a time.
+    #[test]
+    fn stream_framer_refuses_an_endless_head_sent_bytewise() {
+        let mut f = StreamFramer::new(1024);
+        f.push(b"INVITE sip:a SIP/2.0\r\n");
+        let mut refused = false;
+        for _ in 0..2000 {
+            f.push(b"X");
+            match f.next_item() {
+                None => {}
+                Some(StreamItem::Fatal(FrameError::TooLarge, None)) => {
+                    refused = true;
+                    break;
+                }
+                Some(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(refused);
+    }
+
+    /// Every item the framer gives for `stream` pushed in pieces of `piece` bytes.
+    fn frame_stream(stream: &[u8], piece: usize, max: usize) -> Vec<StreamItem> {
+        let mut f = StreamFramer::new(max);
+        let mut out = Vec::new();
+        for p in stream.chunks(piece) {
+            f.push(p);
+            while let Some(item) = f.next_item() {
+                let fatal = matches!(item, StreamItem::Fatal(..));
+                out.push(item);
+                if fatal {
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    fn invite_with_sdp() -> Vec<u8> {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+        format!(
+            "INVITE sip:hotline@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5062;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:hotline@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+        .into_bytes()
+    }
+
+    /// A whole INVITE with its SDP, one byte per push: one message, head and body
+    /// exactly as sent, and nothing before its last byte.
+    #[test]
+    fn stream_framer_byte_by_byte() {
+        let m = invite_with_sdp();
+        let mut f = StreamFramer::new(4096);
+        for (i, b) in m.iter().enumerate() {
+            f.push(std::slice::from_ref(b));
+            match f.next_item() {
+                None => assert!(i + 1 < m.len(), "nothing after the last byte"),
+                Some(StreamItem::Message(got)) => {
+                    assert_eq!(i + 1, m.len(), "a message before its last byte");
+                    assert_eq!(got.method(), Some("INVITE"));
+                    assert_eq!([got.head, got.body].concat(), m);
+                }
+                Some(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(f.next_item().is_none());
+    }
+
+    /// Many messages in one push come out in order, and what they used of the buffer
+    /// is released at the next push.
+    #[test]
+    fn stream_framer_pipelined_messages_in_one_push() {
+        let one = invite_with_sdp();
+        let mut f = StreamFramer::new(4096);
+        f.push(&one.repeat(200));
+        f.push(&one[..10]);
+        let mut n = 0;
+        while let Some(item) = f.next_item() {
+            match item {
+                StreamItem::Message(m) => assert_eq!([m.head, m.body].concat(), one),
+                other => panic!("{other:?}"),
+            }
+            n += 1;
+        }
+        assert_eq!(n, 200);
+        f.push(&one[10..]);
+        assert_eq!(f.buf.len(), one.len(), "the 200 messages are cut off");
+        assert!(matches!(f.next_item(), Some(StreamItem::Message(_))));
+        assert!(f.next_item().is_none());
+    }
+
+    /// RFC 5626 keep-alives (CRLF CRLF, alone or split) before, between and after
+    /// messages give nothing and do not disturb framing.
+    #[test]
+    fn stream_framer_keepalives_between_messages() {
+        let one = invite_with_sdp();
+        let stream = [
+            &b"\r\n\r\n"[..],
+            &one,
+            b"\r\n\r\n\r\n\r\n",
+            &one,
+            b"\r\n\r\n",
+            &one,
+            b"\r\n\r\n",
+        ]
+        .concat();
+        for piece in [1, 2, 3, 5, 64, stream.len()] {
+            let items = frame_stream(&stream, piece, 4096);
+            assert_eq!(items.len(), 3, "piece {piece}");
+            for item in items {
+                match item {
+                    StreamItem::Message(m) => assert_eq!([m.head, m.body].concat(), one),
+                    other => panic!("piece {piece}: {other:?}"),
+                }
+            }
+        }
+        // Keep-alives alone, any number of them, are nothing and hold no memory.
+        let mut f = StreamFramer::new(64);
+        for _ in 0..1000 {
+            f.push(b"\r\n\r\n");
+            assert!(f.next_item().is_none());
+        }
+        assert!(f.buf.len() <= 4);
+    }
+
+    /// A message of exactly the limit passes; one byte more of body or of head is
+    /// refused, whole or bytewise, and an absurd Content-Length is refused at once.
+    #[test]
+    fn stream_framer_oversize() {
+        let max = 512;
+        let head = |len: usize| format!("MESSAGE sip:a SIP/2.0\r\nContent-Length: {len}\r\n\r\n");
+        let fits = max - head(100).len();
+        let exact = [head(fits).into_bytes(), vec![b'b'; fits]].concat();
+        assert_eq!(exact.len(), max);
+        let over = [head(fits + 1).into_bytes(), vec![b'b'; fits + 1]].concat();
+        for piece in [1, 7, max + 1] {
+            let items = frame_stream(&exact, piece, max);
+            assert!(
+                matches!(items[..], [StreamItem::Message(_)]),
+                "piece {piece}: {items:?}"
+            );
+            let items = frame_stream(&over, piece, max);
+            assert!(
+                matches!(
+                    items[..],
+                    [StreamItem::Fatal(FrameError::TooLarge, Some(_))]
+                ),
+                "piece {piece}: {items:?}"
+            );
+        }
+        let absurd = head(999_999_999).into_bytes();
+        let items = frame_stream(&absurd, absurd.len(), max);
+        assert!(
+            matches!(
+                items[..],
+                [StreamItem::Fatal(FrameError::TooLarge, Some(_))]
+            ),
+            "{items:?}"
+        );
     }
 
     #[test]
