@@ -1310,6 +1310,16 @@ fn byte_span(range: Option<&str>, len: u64) -> Span {
     let Some(value) = range else {
         return Span::Whole;
     };
+    // A suffix longer than the body asks for all of it (RFC 9110, 14.1.3); the range
+    // crate refuses it.
+    if let Some(suffix) = value.trim().strip_prefix("bytes=-") {
+        if suffix
+            .parse::<u64>()
+            .is_ok_and(|n| n >= len && n > 0 && len > 0)
+        {
+            return Span::Part(0, len - 1);
+        }
+    }
     let Ok(parsed) = http_range_header::parse_range_header(value) else {
         return Span::Unsatisfiable;
     };
@@ -1360,13 +1370,15 @@ fn sealed_response(opened: SealedPlayback, range: Option<&str>) -> Response {
                 let _ = tx.blocking_send(Err(std::io::Error::other("playback took too long")));
                 return;
             }
-            let mut buf = vec![0u8; left.min(SEALED_CHUNK as u64) as usize];
+            let mut buf =
+                zeroize::Zeroizing::new(vec![0u8; left.min(SEALED_CHUNK as u64) as usize]);
             let chunk = match reader.read(&mut buf) {
                 Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
                 Ok(n) => {
                     buf.truncate(n);
                     left -= n as u64;
-                    Ok(bytes::Bytes::from(buf))
+                    // Cleared when the HTTP layer has sent and dropped it.
+                    Ok(bytes::Bytes::from_owner(buf))
                 }
                 Err(e) => Err(e),
             };
@@ -1925,12 +1937,14 @@ mod tests {
         assert_eq!(byte_span(Some("bytes=10-19"), 100), Span::Part(10, 19));
         assert_eq!(byte_span(Some("bytes=90-500"), 100), Span::Part(90, 99));
         assert_eq!(byte_span(Some("bytes=-10"), 100), Span::Part(90, 99));
+        assert_eq!(byte_span(Some("bytes=-100"), 100), Span::Part(0, 99));
+        assert_eq!(byte_span(Some("bytes=-200"), 100), Span::Part(0, 99));
         assert_eq!(byte_span(Some("bytes=0-1,5-6"), 100), Span::Whole);
         for bad in [
             "bytes=100-",
             "bytes=200-300",
             "bytes=20-10",
-            "bytes=-200",
+            "bytes=-0",
             "bytes=x-y",
             "items=0-1",
             "bytes=0-1,0-1",

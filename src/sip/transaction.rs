@@ -396,24 +396,6 @@ mod tests {
     /// once: the endpoint drops a server transaction only when one of its timers finds
     /// it terminated, so without this every answered call's transaction and 200 OK
     /// stayed in the endpoint's table for good (about 1 kB per call).
-    #[test]
-    fn ack_of_a_2xx_ends_the_transaction_and_wakes_its_holder_to_drop_it() {
-        let t0 = Instant::now();
-        for reliable in [false, true] {
-            let mut tx = ServerTransaction::new(true, reliable, TimerConfig::default());
-            assert!(tx.send_response(t0, 200, bytes("SIP/2.0 200 OK")));
-            let ack_at = t0 + Duration::from_millis(30);
-            tx.on_ack(ack_at);
-            assert!(tx.is_terminated());
-            assert_eq!(tx.poll_timeout(), Some(ack_at), "reliable {reliable}");
-            let out = tx.handle_timeout(t0 + Duration::from_millis(500));
-            assert!(out.retransmit.is_none() && out.event.is_none());
-            assert!(tx.is_terminated());
-            assert_eq!(tx.poll_timeout(), None);
-            assert!(tx.on_request_retransmission().is_none());
-        }
-    }
-
     fn run_client(
         tx: &mut ClientTransaction,
         t0: Instant,
