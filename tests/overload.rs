@@ -39,13 +39,15 @@ fn wait_metric(addr: std::net::SocketAddr, name: &str, want: f64, timeout: Durat
     }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill {sig} {pid}");
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) with our own child's pid; no memory is shared.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Stops and continues `pid` (150 ms stopped, 100 ms running) until dropped; always
@@ -61,9 +63,9 @@ impl Staller {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                signal(pid, "-STOP");
+                signal(pid, libc::SIGSTOP);
                 std::thread::sleep(Duration::from_millis(150));
-                signal(pid, "-CONT");
+                signal(pid, libc::SIGCONT);
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
@@ -133,11 +135,14 @@ fn a_late_media_clock_refuses_new_calls_and_spares_calls_in_progress() {
         &[
             &flow,
             "metrics.listen=\"127.0.0.1:0\"",
-            "limits.overload_lateness_ms=5",
+            // Under the stalls below the mean is about 24 ms; recovery (under 4 ms)
+            // stays well above an idle clock's 1-1.5 ms on a busy machine.
+            "limits.overload_lateness_ms=8",
             "limits.max_calls_per_source=0",
             "limits.source_rate=1000.0",
             "limits.source_burst=1000",
             "rtp.ports=\"33000-33999\"",
+            "limits.max_calls=100",
         ],
     );
     let metrics = server.metrics.expect("metrics address printed");
@@ -197,7 +202,8 @@ fn a_late_media_clock_refuses_new_calls_and_spares_calls_in_progress() {
         let out = child.wait_with_output().expect("caller");
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
         assert_eq!(summary["answered"], true, "{summary}");
-        assert_eq!(summary["end_reason"], "caller-bye", "{summary}");
+        // The caller's own BYE at the end of its time ("our" from its side).
+        assert_eq!(summary["end_reason"], "our-bye", "{summary}");
         let samples = common::read_wav(&heard);
         let loud = samples.iter().filter(|s| s.unsigned_abs() > 1000).count();
         assert!(
@@ -212,11 +218,16 @@ fn a_late_media_clock_refuses_new_calls_and_spares_calls_in_progress() {
             .count()
             == 3
     });
-    for c in calls.iter().filter(|c| c["end_reason"] == "caller-bye") {
-        if let Some(rec) = c["recordings"].as_array().and_then(|r| r.first()) {
-            assert_eq!(rec["kind"], "voicemail", "{rec}");
-            assert!(rec["duration_ms"].as_i64().unwrap_or(0) > 1000, "{rec}");
-        }
+    let with_messages: Vec<&serde_json::Value> = calls
+        .iter()
+        .filter(|c| !c["recordings"].as_array().is_none_or(|r| r.is_empty()))
+        .collect();
+    for c in with_messages {
+        assert_eq!(c["end_reason"], "caller-bye", "{c}");
+        let rec = &c["recordings"][0];
+        assert_eq!(rec["kind"], "voicemail", "{rec}");
+        assert!(rec["duration_ms"].as_i64().unwrap_or(0) > 1000, "{rec}");
+        assert!(std::path::Path::new(rec["path"].as_str().unwrap()).exists());
     }
     let overload_rows = calls
         .iter()
@@ -226,6 +237,9 @@ fn a_late_media_clock_refuses_new_calls_and_spares_calls_in_progress() {
 
     // One line on entering and one on leaving overload per episode, never per INVITE.
     let log = server.log_text();
+    for line in log.lines().filter(|l| l.contains("media clock")) {
+        println!("{line}");
+    }
     let entered = log.matches("media clock overloaded").count();
     let left = log.matches("media clock recovered").count();
     assert!(entered >= 1 && entered == left, "{entered} / {left}");
