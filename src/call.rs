@@ -93,6 +93,8 @@ pub enum EndReason {
     MaxDuration,
     RtpTimeout,
     RejectedBusy,
+    /// Refused while the media clock was overloaded.
+    RejectedOverload,
     RejectedCodec,
     Rejected(u16),
     Timeout,
@@ -110,6 +112,7 @@ impl EndReason {
             EndReason::MaxDuration => "max-duration".into(),
             EndReason::RtpTimeout => "rtp-timeout".into(),
             EndReason::RejectedBusy => "rejected-busy".into(),
+            EndReason::RejectedOverload => "rejected-overload".into(),
             EndReason::RejectedCodec => "rejected-codec".into(),
             EndReason::Rejected(code) => format!("rejected-{code}"),
             EndReason::Timeout => "timeout".into(),

@@ -70,6 +70,8 @@ impl Driver {
             biased;
             Some(input) = self.net_rx.recv() => {
                 let now = Instant::now();
+                // One atomic load per batch: the clock's verdict for new INVITEs.
+                ep.set_overloaded(self.media.lateness.overloaded());
                 self.handle_net(ep, now, input);
                 // Drain what is already queued: cheaper per message than a wake each.
                 for _ in 1..NET_BATCH {

@@ -100,6 +100,7 @@ fn check_labels(text: &str) {
         "max-duration",
         "rtp-timeout",
         "rejected-busy",
+        "rejected-overload",
         "rejected-codec",
         "timeout",
         "shutdown",
@@ -123,6 +124,7 @@ fn check_labels(text: &str) {
                             "malformed",
                             "refused",
                             "busy",
+                            "overload",
                             "stray_response",
                         ]
                         .contains(&v)

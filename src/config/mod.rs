@@ -452,6 +452,26 @@ pub struct LimitsConfig {
     /// Seconds a SIP message on a stream may take once its first byte arrived.
     #[serde(default = "default_tcp_message_timeout")]
     pub tcp_message_timeout_s: u64,
+    /// Mean lateness of the media clock over a second (ms) above which new calls get
+    /// 503 until it recovers (0: never).
+    #[serde(default = "default_overload_lateness_ms")]
+    pub overload_lateness_ms: f64,
+}
+
+fn default_overload_lateness_ms() -> f64 {
+    10.0
+}
+
+/// Highest `limits.overload_lateness_ms`: a tick later than this on average is a
+/// clock that has stopped, not one that is late.
+pub const MAX_OVERLOAD_LATENESS_MS: f64 = 1000.0;
+
+impl LimitsConfig {
+    /// The lateness over which new calls are refused; None when switched off.
+    pub fn overload_threshold(&self) -> Option<std::time::Duration> {
+        (self.overload_lateness_ms > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(self.overload_lateness_ms / 1e3))
+    }
 }
 
 fn default_max_tcp_connections() -> usize {
@@ -661,6 +681,15 @@ impl Config {
             return Err((
                 "limits.tcp_message_timeout_s".into(),
                 "must be between 1 and 300".into(),
+            ));
+        }
+        let lateness = self.limits.overload_lateness_ms;
+        if !(lateness.is_finite() && (0.0..=MAX_OVERLOAD_LATENESS_MS).contains(&lateness)) {
+            return Err((
+                "limits.overload_lateness_ms".into(),
+                format!(
+                    "must be between 0 (off) and {MAX_OVERLOAD_LATENESS_MS} milliseconds, not {lateness}"
+                ),
             ));
         }
         if self.limits.max_calls == 0 {
@@ -993,6 +1022,31 @@ mod tests {
         assert_eq!(c.sip.listen[0].to_string(), "udp:127.0.0.1:5080");
         assert_eq!(c.privacy.caller_id, CallerIdPolicy::Drop);
         assert_eq!(c.limits.max_calls, 5);
+    }
+
+    #[test]
+    fn overload_lateness_defaults_can_be_fractional_or_off_and_is_bounded() {
+        let c = load(&[]).unwrap();
+        assert_eq!(
+            c.limits.overload_threshold(),
+            Some(std::time::Duration::from_millis(10))
+        );
+        let c = load(&["limits.overload_lateness_ms=2.5"]).unwrap();
+        assert_eq!(
+            c.limits.overload_threshold(),
+            Some(std::time::Duration::from_micros(2500))
+        );
+        let c = load(&["limits.overload_lateness_ms=0"]).unwrap();
+        assert_eq!(c.limits.overload_threshold(), None);
+        for bad in ["-1", "1001", "nan", "inf", "\"fast\""] {
+            let e = load(&[&format!("limits.overload_lateness_ms={bad}")]).unwrap_err();
+            assert_eq!(e.key, "limits.overload_lateness_ms", "{bad}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with("hotline.toml: limits.overload_lateness_ms: "),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -774,6 +774,14 @@ impl MediaCore {
         }
     }
 
+    /// The clock skipped `frames` ticks (see `media::pacing`): every leg's stream
+    /// jumps over them, with nothing of its audio lost.
+    pub fn skip_frames(&mut self, frames: u32) {
+        for leg in self.legs.values().filter(|l| l.started) {
+            lock(&leg.shared).session.skip_frames(frames);
+        }
+    }
+
     fn check_rtp_timeouts(&mut self, now_ms: u64) {
         let limit = self.cfg.rtp_timeout.as_millis() as u64;
         let mut ended = Vec::new();

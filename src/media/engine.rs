@@ -4,11 +4,14 @@
 //! Owns sockets, tasks and time only; what each command, packet and tick means is the
 //! sans-IO `core::MediaCore`. One clock for all calls instead of a timer per call
 //! keeps wake-ups constant as calls grow, and the schedule is derived from the start
-//! instant so pacing never drifts. Recordings are written by the sink's own thread:
+//! instant so pacing never drifts; `pacing` decides how a late clock catches up, and
+//! `overload` whether it is too late to take new calls. Recordings are written by the sink's own thread:
 //! nothing here waits for a disk.
 
 pub use super::core::{EngineCommand, InbandPolicy, MediaConfig, FRAME_MS};
 use super::core::{LegHandle, MediaCore, SinkResult};
+use super::overload::{OverloadConfig, OverloadDetector, Transition};
+use super::pacing::FramePacer;
 use super::recording_sink::RecordingSink;
 use crate::call::{CallId, MediaCommand, MediaEvent};
 use rand::SeedableRng;
@@ -19,7 +22,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 pub const FRAME: Duration = Duration::from_millis(FRAME_MS);
 
@@ -48,14 +51,17 @@ pub const LATENESS_BOUNDS_US: [u64; 12] = [
     50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 500_000,
 ];
 
-/// How late the shared clock woke for each 20 ms tick against its schedule: every
-/// packet of that tick leaves at least this late. Counters only, so that the clock
-/// task pays a few atomic adds per tick.
+/// How far behind its schedule the shared clock was at each 20 ms frame it sent
+/// (after a long stall, the stall: see `media::pacing`). Counters only, so that the
+/// clock task pays a few atomic adds per frame.
 #[derive(Debug, Default)]
 pub struct ClockLateness {
     buckets: [std::sync::atomic::AtomicU64; LATENESS_BOUNDS_US.len() + 1],
     sum_us: std::sync::atomic::AtomicU64,
     count: std::sync::atomic::AtomicU64,
+    /// Set by the clock's overload detector; read by the SIP side before it takes a
+    /// new call, and by the metrics.
+    overloaded: std::sync::atomic::AtomicBool,
 }
 
 /// Counts per bucket (not cumulative), the sum and the count.
@@ -79,6 +85,16 @@ impl ClockLateness {
         self.count.fetch_add(1, Relaxed);
     }
 
+    /// Whether the clock is too late to take new calls (see `media::overload`).
+    pub fn overloaded(&self) -> bool {
+        self.overloaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_overloaded(&self, overloaded: bool) {
+        self.overloaded
+            .store(overloaded, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn counts(&self) -> LatenessCounts {
         use std::sync::atomic::Ordering::Relaxed;
         LatenessCounts {
@@ -96,9 +112,20 @@ impl MediaHandle {
 }
 
 pub fn spawn(cfg: MediaConfig, events: mpsc::UnboundedSender<MediaEvent>) -> MediaHandle {
+    spawn_watched(cfg, None, events)
+}
+
+/// [`spawn`] with the clock watched for overload: `ClockLateness::overloaded` says
+/// when new calls should be refused.
+pub fn spawn_watched(
+    cfg: MediaConfig,
+    overload: Option<OverloadConfig>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+) -> MediaHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let lateness = Arc::new(ClockLateness::default());
-    tokio::spawn(run(cfg, rx, events, lateness.clone()));
+    let detector = overload.map(OverloadDetector::new);
+    tokio::spawn(run(cfg, rx, events, lateness.clone(), detector));
     MediaHandle {
         commands: tx,
         lateness,
@@ -122,6 +149,7 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<EngineCommand>,
     events: mpsc::UnboundedSender<MediaEvent>,
     lateness: Arc<ClockLateness>,
+    mut detector: Option<OverloadDetector>,
 ) {
     let mut core = MediaCore::new(cfg, &mut rand::rngs::StdRng::from_entropy());
     let mut io: HashMap<CallId, LegIo> = HashMap::new();
@@ -136,10 +164,11 @@ async fn run(
         }
     };
     let epoch = Instant::now();
-    let mut clock = tokio::time::interval(FRAME);
-    // Burst catches up after a stall so the packet count matches elapsed time (no
-    // drift, timestamps stay right).
-    clock.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    // Frames are due at fixed offsets from `epoch` (no drift); after a late wake the
+    // pacer spreads or skips what is owed instead of bursting it.
+    let mut pacer = FramePacer::new();
+    let clock = tokio::time::sleep_until(epoch);
+    tokio::pin!(clock);
     loop {
         tokio::select! {
             cmd = commands.recv() => {
@@ -156,14 +185,26 @@ async fn run(
                 }
             }
             Some(result) = results.recv() => core.on_sink_result(result),
-            scheduled = clock.tick() => {
-                lateness.observe(Instant::now().saturating_duration_since(scheduled));
-                core.tick(millis(epoch), &mut |call, remote, packet| {
-                    if let Some(leg) = io.get(&call) {
-                        // Unreachable or full: the packet is lost like any UDP packet.
-                        let _ = leg.socket.try_send_to(packet, remote);
+            () = &mut clock => {
+                let plan = pacer.poll(epoch.elapsed());
+                clock.as_mut().reset(epoch + plan.wake_at);
+                if plan.send {
+                    lateness.observe(plan.late);
+                    if let Some(d) = detector.as_mut() {
+                        if let Some(change) = d.observe(millis(epoch), plan.late) {
+                            overload_changed(&lateness, change, d.threshold());
+                        }
                     }
-                });
+                    if plan.skip > 0 {
+                        core.skip_frames(plan.skip);
+                    }
+                    core.tick(millis(epoch), &mut |call, remote, packet| {
+                        if let Some(leg) = io.get(&call) {
+                            // Unreachable or full: the packet is lost like any UDP packet.
+                            let _ = leg.socket.try_send_to(packet, remote);
+                        }
+                    });
+                }
             }
         }
         while let Some(cmd) = core.poll_sink() {
@@ -171,6 +212,31 @@ async fn run(
         }
         while let Some(ev) = core.poll_event() {
             let _ = events.send(ev);
+        }
+    }
+}
+
+/// One line on entering and one on leaving overload, never per call.
+fn overload_changed(lateness: &ClockLateness, change: Transition, threshold: Duration) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    match change {
+        Transition::Entered { mean } => {
+            lateness.set_overloaded(true);
+            tracing::warn!(
+                "media clock overloaded: ticks {:.1} ms late on average over the last second \
+                 (limit {:.1} ms); new calls get 503 until it recovers",
+                ms(mean),
+                ms(threshold)
+            );
+        }
+        Transition::Left { mean, worst } => {
+            lateness.set_overloaded(false);
+            tracing::warn!(
+                "media clock recovered: ticks {:.1} ms late on average (worst {:.1} ms); \
+                 new calls are taken again",
+                ms(mean),
+                ms(worst)
+            );
         }
     }
 }

@@ -10,6 +10,8 @@ pub mod engine;
 pub mod g711;
 pub mod inband;
 pub mod level;
+pub mod overload;
+pub mod pacing;
 pub mod prompt;
 pub mod recording_sink;
 pub mod reorder;

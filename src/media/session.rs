@@ -222,6 +222,13 @@ impl MediaSession {
     /// Builds the packet for this 20 ms tick into `out` and returns its length. Always
     /// returns a packet: silence when nothing plays, so NAT bindings stay open and the
     /// caller never hears dead air as a dropped line.
+    /// `frames` of time passed without a packet (the clock stalled): the timestamp
+    /// jumps over them and the next packet is marked, so the peer plays a pause
+    /// instead of discarding late audio; what was to be played is not consumed.
+    pub fn skip_frames(&mut self, frames: u32) {
+        self.rtp.skip_frames(frames);
+    }
+
     pub fn on_tick(&mut self, out: &mut [u8; MAX_PACKET]) -> usize {
         // Taken every tick, so a relayed frame is never sent late.
         let relayed = self.relay.as_mut().and_then(|r| r.next.take());

@@ -343,6 +343,7 @@ impl LiveCollector {
                 ("malformed", s.malformed),
                 ("refused", s.refused),
                 ("busy", s.busy),
+                ("overload", s.overload),
                 ("stray_response", s.stray_responses),
             ],
         )?;
@@ -367,7 +368,14 @@ impl LiveCollector {
                 ("tls_handshake_failure", t.tls_handshake_failures),
             ],
         )?;
-        let l = match self.lateness.get() {
+        let clock = self.lateness.get();
+        gauge(
+            &mut encoder,
+            "hotline_overloaded",
+            "1 while the media clock is too late to take new calls (they get 503), else 0",
+            u64::from(clock.is_some_and(|c| c.overloaded())),
+        )?;
+        let l = match clock {
             Some(l) => l.counts(),
             None => ClockLateness::default().counts(),
         };
@@ -429,6 +437,7 @@ mod tests {
         lateness.observe(Duration::from_millis(3));
         let m = Metrics::new();
         m.attach_clock(lateness.clone());
+        lateness.set_overloaded(true);
         m.record(&Fact::CallOutcome(Outcome::Voicemail));
         m.record(&Fact::CallEnded("caller-bye".into()));
         m.record(&Fact::QueueResult {
@@ -449,6 +458,7 @@ mod tests {
             registrations: 4,
             sip: Stats {
                 rate_limited: 5,
+                overload: 9,
                 ..Stats::default()
             },
             transport: TransportCounts {
@@ -467,6 +477,8 @@ mod tests {
             "hotline_operators{state=\"ringing\"} 0",
             "hotline_operator_registrations 4",
             "hotline_sip_dropped_total{reason=\"rate_limited\"} 5",
+            "hotline_sip_dropped_total{reason=\"overload\"} 9",
+            "hotline_overloaded 1",
             "hotline_sip_transport_errors_total{kind=\"tcp_refused\"} 6",
             "hotline_sip_transport_errors_total{kind=\"tcp_message_timeout\"} 7",
             "hotline_sip_transport_errors_total{kind=\"tls_handshake_failure\"} 8",

@@ -257,7 +257,11 @@ pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartErro
     )
     .with_tls(crate::trunk::io::TrunkTls::from_config(&cfg));
     let (media_ev_tx, media_rx) = mpsc::unbounded_channel();
-    let media = engine::spawn(media_config(&cfg), media_ev_tx);
+    let overload = cfg
+        .limits
+        .overload_threshold()
+        .map(crate::media::overload::OverloadConfig::with_threshold);
+    let media = engine::spawn_watched(media_config(&cfg), overload, media_ev_tx);
     metrics.attach_clock(media.lateness.clone());
     let ep = Endpoint::new(
         endpoint_config(&cfg, &filter),

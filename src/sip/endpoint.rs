@@ -132,6 +132,8 @@ pub struct Stats {
     pub malformed: u64,
     pub refused: u64,
     pub busy: u64,
+    /// INVITEs refused with 503 because the media clock is overloaded.
+    pub overload: u64,
     pub retransmissions_absorbed: u64,
     pub stray_responses: u64,
 }
@@ -185,8 +187,14 @@ pub struct Endpoint {
     active: usize,
     /// Shutting down: new calls get 503, calls in progress go on.
     refusing_new_calls: bool,
+    /// The media clock is behind (`set_overloaded`): new calls get 503.
+    overloaded: bool,
     stats: Stats,
 }
+
+/// Retry-After of a 503 for overload: the clock needs a few calm seconds to count as
+/// recovered, and callers retrying at once would keep it loaded.
+const OVERLOAD_RETRY_AFTER_S: u32 = 10;
 
 fn server_key(req: &Request) -> String {
     let via = req.top_via();
@@ -259,6 +267,7 @@ impl Endpoint {
             next_call: 1,
             active: 0,
             refusing_new_calls: false,
+            overloaded: false,
             stats: Stats::default(),
         }
     }
@@ -595,7 +604,11 @@ impl Endpoint {
             .respond(now, key, &req.raw, code, None, None, extra, None);
         let at = self.t.wall(now);
         self.t.emit(CallEvent::Ended { call, reason, at });
-        tracing::info!(call, reason = %reason.as_str(), "call refused: {why}");
+        // Overload is logged when it starts and ends, not per INVITE (a flood of them
+        // is what it may be).
+        if reason != EndReason::RejectedOverload {
+            tracing::info!(call, reason = %reason.as_str(), "call refused: {why}");
+        }
     }
 
     fn handle_new_invite(&mut self, now: Instant, key: &str, peer: Peer, req: Request) {
@@ -630,6 +643,13 @@ impl Endpoint {
             let retry = [("Retry-After".into(), "60".into())];
             let reason = EndReason::Shutdown;
             return self.refuse_invite(now, key, &req, started, 503, &retry, reason, "stopping");
+        }
+        if self.overloaded {
+            self.admission.call_ended(peer.remote.ip());
+            self.stats.overload += 1;
+            let retry = [("Retry-After".into(), OVERLOAD_RETRY_AFTER_S.to_string())];
+            let reason = EndReason::RejectedOverload;
+            return self.refuse_invite(now, key, &req, started, 503, &retry, reason, "overload");
         }
         if self.active >= self.cfg.max_calls {
             self.admission.call_ended(peer.remote.ip());
@@ -980,6 +1000,12 @@ impl Endpoint {
     /// progress and operators' registrations go on.
     pub fn stop_admitting(&mut self) {
         self.refusing_new_calls = true;
+    }
+
+    /// While `overloaded`, new calls get 503 with Retry-After before any media is
+    /// allocated; calls in progress go on. The shell passes the media clock's verdict.
+    pub fn set_overloaded(&mut self, overloaded: bool) {
+        self.overloaded = overloaded;
     }
 
     /// Ends every call (server shutdown).

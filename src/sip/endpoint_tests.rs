@@ -294,3 +294,65 @@ fn cancel_waits_for_a_provisional_response() {
         Output::Call(CallEvent::Ended { call, reason: EndReason::Cancel, .. }) if *call == leg
     )));
 }
+
+/// While the media clock is overloaded a new INVITE gets 503 with Retry-After and no
+/// media is asked for; a call already in progress is untouched, and once the clock
+/// has recovered the next INVITE is taken.
+#[test]
+fn overload_refuses_new_invites_before_media_and_spares_calls_in_progress() {
+    let now = Instant::now();
+    let mut ep = Endpoint::new(
+        EndpointConfig::default(),
+        StdRng::seed_from_u64(3),
+        now,
+        WallClock::anchor(now, std::time::SystemTime::UNIX_EPOCH),
+    );
+    let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+    let caller: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+    let invite = |n: u32| {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        format!(
+            "INVITE sip:hotline@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKov{n}\r\nMax-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=c{n}\r\nTo: <sip:hotline@127.0.0.1>\r\nCall-ID: ov-{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    };
+    let allocates = |out: &[Output]| {
+        out.iter()
+            .filter(|o| matches!(o, Output::Media(MediaCommand::Allocate { .. })))
+            .count()
+    };
+    ep.handle_datagram(now, Link::Udp(0), local, caller, invite(1).as_bytes());
+    let out = drain(&mut ep);
+    assert_eq!(allocates(&out), 1, "{out:?}");
+    assert_eq!(ep.active_calls(), 1);
+
+    ep.set_overloaded(true);
+    for n in 2..5 {
+        ep.handle_datagram(now, Link::Udp(0), local, caller, invite(n).as_bytes());
+        let out = drain(&mut ep);
+        assert_eq!(allocates(&out), 0, "no media for a refused call: {out:?}");
+        let responses = sent(&out);
+        let refusal = responses.last().expect("a response");
+        assert!(refusal.starts_with("SIP/2.0 503"), "{refusal}");
+        assert!(refusal.contains("\r\nRetry-After: 10\r\n"), "{refusal}");
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Call(CallEvent::Ended {
+                    reason: EndReason::RejectedOverload,
+                    ..
+                })
+            )),
+            "{out:?}"
+        );
+    }
+    assert_eq!(ep.stats().overload, 3);
+    assert_eq!(ep.active_calls(), 1, "the call in progress goes on");
+    assert!(ep.calls.contains_key(&1));
+
+    ep.set_overloaded(false);
+    ep.handle_datagram(now, Link::Udp(0), local, caller, invite(5).as_bytes());
+    assert_eq!(allocates(&drain(&mut ep)), 1);
+    assert_eq!(ep.active_calls(), 2);
+    assert_eq!(ep.stats().overload, 3);
+}
