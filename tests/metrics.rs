@@ -124,6 +124,8 @@ fn check_labels(text: &str) {
                             "refused",
                             "busy",
                             "stray_response",
+                            "auth_failed",
+                            "replayed",
                         ]
                         .contains(&v)
                 }
