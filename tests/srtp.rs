@@ -94,7 +94,7 @@ prompts = ["goodbye"]
     format!("ivr.flow=\"{}\"", path.display())
 }
 
-/// A server on UDP, TCP and TLS with RTP on `ports` ("A-B") and /metrics on.
+/// A server on UDP, TCP and TLS with RTP on `ports` ("A-B").
 fn start_server(pki: &Pki, ports: &str, extra: &[&str]) -> (Server, SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_tcp_port();
@@ -104,14 +104,12 @@ fn start_server(pki: &Pki, ports: &str, extra: &[&str]) -> (Server, SocketAddr) 
     let cert = format!("tls.certificate=\"{}\"", pki.cert.display());
     let key = format!("tls.private_key=\"{}\"", pki.key.display());
     let rtp = format!("rtp.ports=\"{ports}\"");
-    let metrics = format!("metrics.listen=\"127.0.0.1:{}\"", free_tcp_port());
     let mut args = vec![
         listen.as_str(),
         cert.as_str(),
         key.as_str(),
         flow.as_str(),
         rtp.as_str(),
-        metrics.as_str(),
         "limits.max_calls=50",
         "privacy.caller_id=keep",
     ];
@@ -599,7 +597,8 @@ fn an_srtp_operator_over_tls_hears_and_is_heard_and_its_leg_holds_no_speech() {
         return;
     }
     let (first, last) = (32000, 32199);
-    let r = captured_call(first, last, &[], Some("srtp"), true);
+    let metrics = format!("metrics.listen=\"127.0.0.1:{}\"", free_tcp_port());
+    let r = captured_call(first, last, &[&metrics], Some("srtp"), true);
     assert_operator_leg_encrypted(&r.legs);
     assert_conversation(&r);
     let log = r.server.log_text();
@@ -625,6 +624,68 @@ fn srtp_mand_against_require_is_encrypted_too() {
     let r = captured_call(first, last, &["rtp.srtp=require"], Some("srtp-mand"), false);
     assert_operator_leg_encrypted(&r.legs);
     assert_conversation(&r);
+}
+
+/// "require": an operator whose phone does not do SRTP is not given the call (its
+/// offer fails and is logged); the next operator, with SRTP, takes it.
+#[test]
+fn require_passes_over_a_phone_without_srtp() {
+    if !require_tool("baresip") || !require_tool("tcpdump") {
+        return;
+    }
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(pki_dir.path());
+    let (server, tls) = start_server(
+        &pki,
+        "32700-32899",
+        &["rtp.srtp=require", "queue.max_misses=0"],
+    );
+    let plain_user = server.add_operator("Tanya", "tanya-secret-1");
+    let _plain = TlsOperator::start(tls, &pki.ca, &plain_user, "tanya-secret-1", None);
+    server.wait_operator_state("Tanya", "available", Duration::from_secs(15));
+    let dir = tempfile::tempdir().unwrap();
+    let heard = dir.path().join("heard.wav");
+    let call = caller(&server, &heard, 25);
+    // Tanya's phone is offered the call (RTP/SAVP) and the offer fails.
+    let calls = server.wait_calls(Duration::from_secs(15), |c| {
+        c.iter()
+            .any(|c| c["direction"] == "outbound" && c["end_reason"].is_string())
+    });
+    let refused = calls.iter().find(|c| c["direction"] == "outbound").unwrap();
+    // baresip refuses RTP/SAVP (488); a phone that answered plain would be hung up
+    // ("error", see sip::endpoint::srtp_tests).
+    assert!(
+        ["rejected-488", "error"].contains(&refused["end_reason"].as_str().unwrap()),
+        "{refused:#}"
+    );
+    assert_eq!(
+        refused["to"],
+        format!("operator:{plain_user}"),
+        "{refused:#}"
+    );
+    eprintln!("the plain phone's offer ended: {}", refused["end_reason"]);
+    let srtp_user = server.add_operator("Olga", "olga-secret-22");
+    let srtp = TlsOperator::start(
+        tls,
+        &pki.ca,
+        &srtp_user,
+        "olga-secret-22",
+        Some("srtp-mand"),
+    );
+    server.wait_operator_state("Olga", "on_call", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    baresip_command(srtp.ctrl, "hangup", "");
+    let summary = finish(call, Duration::from_secs(30));
+    assert_eq!(summary["answered"], true, "{summary}");
+    let calls = server.wait_calls(Duration::from_secs(10), |c| {
+        c.iter()
+            .any(|c| c["direction"] == "inbound" && c["queue"]["talk_ms"].is_i64())
+    });
+    let inbound = calls.iter().find(|c| c["direction"] == "inbound").unwrap();
+    assert_eq!(inbound["queue"]["operator"], "Olga", "{inbound:#}");
+    let log = server.log_text();
+    assert!(log.contains("media encrypted (SRTP)"), "{log}");
+    server.assert_no_panic();
 }
 
 /// The control: with SRTP off the operator's leg does carry the caller's speech, so
