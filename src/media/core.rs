@@ -235,12 +235,16 @@ impl MediaLeg {
             return false;
         }
         // Authenticated before it may latch, confirm or keep the call alive.
-        let mut plain = [0u8; MAX_SRTP_PACKET];
+        // The buffer is only made (and zeroed) for SRTP legs.
+        let mut plain: [u8; MAX_SRTP_PACKET];
         let packet = match &mut self.crypto {
-            Some(c) => match c.open(self.call, packet, &mut plain, now_ms) {
-                Some(p) => p,
-                None => return false,
-            },
+            Some(c) => {
+                plain = [0u8; MAX_SRTP_PACKET];
+                match c.open(self.call, packet, &mut plain, now_ms) {
+                    Some(p) => p,
+                    None => return false,
+                }
+            }
             None => packet,
         };
         if let Latch::Open { until_ms } = self.latch {
