@@ -298,3 +298,73 @@ fn require_refuses_plain_answers_and_plain_links() {
         .iter()
         .any(|o| matches!(o, Output::Media(MediaCommand::Stop { .. }))));
 }
+
+#[test]
+fn a_reinvite_keeps_our_key_and_may_drop_srtp_on_a_caller_leg() {
+    let now = Instant::now();
+    let mut ep = endpoint(SrtpMode::Offer, now);
+    let (local, phone) = (LOCAL.parse().unwrap(), PHONE.parse().unwrap());
+    let link = Link::Tls(1);
+    let crypto = format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{PHONE_KEY}\r\n");
+    let offer = sdp("RTP/AVP", &crypto);
+    ep.handle_datagram(now, link, local, phone, invite("TLS", &offer).as_bytes());
+    let call = drain(&mut ep)
+        .iter()
+        .find_map(|o| match o {
+            Output::Media(MediaCommand::Allocate { call, .. }) => Some(*call),
+            _ => None,
+        })
+        .unwrap();
+    ep.media_allocated(now, call, 30000);
+    let ok = sent(&drain(&mut ep)).pop().unwrap();
+    let tag = to_tag(&ok);
+    ep.handle_datagram(now, link, local, phone, ack(&tag).as_bytes());
+    let first = starts(&drain(&mut ep));
+    assert!(first[0].is_some());
+    let reinvite = |cseq: u32, body: &str| {
+        with_body(
+            &format!("INVITE sip:hotline@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {PHONE};branch=z9hG4bKre{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:hotline@127.0.0.1>;tag={tag}\r\nCall-ID: srtp-1\r\nCSeq: {cseq} INVITE\r\nContact: <sip:caller@{PHONE}>\r\n"),
+            body,
+        )
+    };
+    // The same offer again (a hold or a refresh): the same keys reach the media layer,
+    // which then keeps its SRTP state.
+    ep.handle_datagram(now, link, local, phone, reinvite(2, &offer).as_bytes());
+    let out = drain(&mut ep);
+    let answer = sent(&out).pop().unwrap();
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    assert_eq!(starts(&out), first);
+    let ours = SrtpMasterKey::new([0x10; 16], [0x10; 14]);
+    assert_eq!(
+        sdp::parse(body_of(&answer).as_bytes()).unwrap().crypto,
+        RemoteCrypto::Usable { tag: 1, key: ours }
+    );
+    ep.handle_datagram(now, link, local, phone, ack(&tag).as_bytes());
+    drain(&mut ep);
+    // A plain re-offer over TLS on a caller's leg: plain from now on.
+    ep.handle_datagram(
+        now,
+        link,
+        local,
+        phone,
+        reinvite(3, &sdp("RTP/AVP", "")).as_bytes(),
+    );
+    let out = drain(&mut ep);
+    let answer = sent(&out).pop().unwrap();
+    assert!(
+        answer.starts_with("SIP/2.0 200") && !answer.contains("a=crypto"),
+        "{answer}"
+    );
+    assert_eq!(starts(&out), vec![None]);
+    ep.handle_datagram(now, link, local, phone, ack(&tag).as_bytes());
+    drain(&mut ep);
+    // A broken key in a re-offer is refused; the call stays as it was.
+    let bad = sdp(
+        "RTP/AVP",
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AQID\r\n",
+    );
+    ep.handle_datagram(now, link, local, phone, reinvite(4, &bad).as_bytes());
+    let out = drain(&mut ep);
+    assert!(sent(&out).pop().unwrap().starts_with("SIP/2.0 488"));
+    assert!(starts(&out).is_empty());
+}
