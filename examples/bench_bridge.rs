@@ -262,6 +262,7 @@ fn serve(bridges: usize, first_port: u16, dir: PathBuf) {
                 telephone_event_pt: Some(TELEPHONE_EVENT),
                 send: true,
                 confirmed: true,
+                srtp: None,
             }));
         }
         for i in 0..bridges {

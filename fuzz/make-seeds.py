@@ -107,6 +107,13 @@ def sdp_seeds():
           + b"m=audio 40004 RTP/AVP 8\r\n")
     write("sdp", b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 40000 RTP/AVP 18 96\r\n"
                  b"c=IN IP4 127.0.0.1\r\na=rtpmap:96 opus/48000/2\r\n")
+    # SDES: a usable line behind a foreign suite, and lifetimes, MKIs and parameters.
+    key = b"inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e"
+    write("sdp", SDP.replace(b"RTP/AVP 0 8 101", b"RTP/SAVP 0 8 101")
+          + b"a=crypto:1 AES_256_CM_HMAC_SHA1_80 " + key + key[7:] + b"\r\n"
+          + b"a=crypto:2 AES_CM_128_HMAC_SHA1_80 " + key + b"|2^31\r\n")
+    write("sdp", SDP + b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 " + key + b"|2^40|1:4;" + key
+          + b" KDR=1 UNENCRYPTED_SRTP\r\n")
 
 
 def digest_seeds():

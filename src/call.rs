@@ -181,10 +181,65 @@ pub enum MediaCommand {
         /// from, or that source is trusted. Otherwise nothing is sent until RTP has
         /// arrived from the peer (no RTP to an address that never asked for it).
         confirmed: bool,
+        /// SRTP keys negotiated by SDES; None for plain RTP.
+        srtp: Option<SrtpKeys>,
     },
     Stop {
         call: CallId,
     },
+}
+
+/// The SDES master key and salt of one direction of an SRTP stream
+/// (`AES_CM_128_HMAC_SHA1_80`: 16 + 14 bytes). Wiped when dropped; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpMasterKey {
+    key: [u8; 16],
+    salt: [u8; 14],
+}
+
+impl SrtpMasterKey {
+    pub fn new(key: [u8; 16], salt: [u8; 14]) -> Self {
+        SrtpMasterKey { key, salt }
+    }
+
+    /// Key then salt, as an SDES `inline:` parameter carries them.
+    pub fn from_concatenated(bytes: &[u8; 30]) -> Self {
+        let mut key = [0u8; 16];
+        let mut salt = [0u8; 14];
+        key.copy_from_slice(&bytes[..16]);
+        salt.copy_from_slice(&bytes[16..]);
+        SrtpMasterKey { key, salt }
+    }
+
+    pub fn key(&self) -> &[u8; 16] {
+        &self.key
+    }
+
+    pub fn salt(&self) -> &[u8; 14] {
+        &self.salt
+    }
+}
+
+impl std::fmt::Debug for SrtpMasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SrtpMasterKey(..)")
+    }
+}
+
+impl Drop for SrtpMasterKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.key.zeroize();
+        self.salt.zeroize();
+    }
+}
+
+/// The SRTP keys of one leg: ours protects what we send, the peer's checks and
+/// decrypts what we receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrtpKeys {
+    pub send: SrtpMasterKey,
+    pub receive: SrtpMasterKey,
 }
 
 /// A G.711 variant negotiated for a call leg.

@@ -4,6 +4,8 @@
 //! media layer needs, choosing the codec, and writing our own offers and answers. It
 //! must not open sockets; the addresses it writes are given to it.
 
+pub mod sdes;
+
 use crate::call::Codec;
 use ezk_sdp_types::{Direction, SessionDescription, TaggedAddress, TransportProtocol};
 use std::fmt::Write as _;
@@ -59,6 +61,10 @@ pub struct RemoteMedia {
     pub media_count: usize,
     /// Media type and protocol of each m-line, for rejecting the others in an answer.
     pub lines: Vec<(String, String, Vec<u8>)>,
+    /// The audio m-line is RTP/SAVP (SRTP only), not RTP/AVP.
+    pub savp: bool,
+    /// SDES crypto lines of the audio m-line.
+    pub crypto: sdes::RemoteCrypto,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +78,7 @@ impl std::fmt::Display for SdpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SdpError::Unparsable(e) => write!(f, "unparsable SDP: {e}"),
-            SdpError::NoAudio => f.write_str("no usable RTP/AVP audio stream"),
+            SdpError::NoAudio => f.write_str("no usable RTP/AVP or RTP/SAVP audio stream"),
             SdpError::NoCommonCodec => f.write_str("no common codec"),
         }
     }
@@ -80,10 +86,25 @@ impl std::fmt::Display for SdpError {
 
 pub fn parse(body: &[u8]) -> Result<RemoteMedia, SdpError> {
     let text = std::str::from_utf8(body).map_err(|_| SdpError::Unparsable("not UTF-8".into()))?;
-    // ezk wants CRLF-terminated lines and a final line end.
+    // ezk wants CRLF-terminated lines and a final line end. Crypto lines are read by
+    // `sdes` instead (by m-line: 0 is the session level).
     let mut normalized = String::with_capacity(text.len() + 4);
+    let mut crypto_lines: Vec<(usize, String)> = Vec::new();
+    let mut section = 0;
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
+        if line.starts_with("m=") {
+            section += 1;
+        }
+        if let Some(value) = line.strip_prefix("a=crypto:") {
+            // One more than the cap is enough to refuse an offer with too many.
+            let in_section = crypto_lines.iter().filter(|(s, _)| *s == section).count();
+            if in_section <= sdes::MAX_CRYPTO_LINES {
+                let value: String = value.chars().take(sdes::MAX_CRYPTO_LINE + 1).collect();
+                crypto_lines.push((section, value));
+            }
+            continue;
+        }
         if !line.is_empty() {
             normalized.push_str(line);
             normalized.push_str("\r\n");
@@ -110,9 +131,19 @@ pub fn parse(body: &[u8]) -> Result<RemoteMedia, SdpError> {
         .find(|(_, m)| {
             m.media.media_type == ezk_sdp_types::MediaType::Audio
                 && m.media.port != 0
-                && matches!(m.media.proto, TransportProtocol::RtpAvp)
+                && matches!(
+                    m.media.proto,
+                    TransportProtocol::RtpAvp | TransportProtocol::RtpSavp
+                )
         })
         .ok_or(SdpError::NoAudio)?;
+    let savp = matches!(m.media.proto, TransportProtocol::RtpSavp);
+    let audio_crypto: Vec<String> = crypto_lines
+        .into_iter()
+        .filter(|(s, _)| *s == audio_index + 1)
+        .map(|(_, v)| v)
+        .collect();
+    let crypto = sdes::read_lines(&audio_crypto);
     let mut codecs = Vec::new();
     let mut telephone_event_pt = None;
     for &pt in &m.media.fmts {
@@ -176,6 +207,8 @@ pub fn parse(body: &[u8]) -> Result<RemoteMedia, SdpError> {
         audio_index,
         media_count,
         lines,
+        savp,
+        crypto,
     })
 }
 
@@ -217,14 +250,17 @@ fn header(out: &mut String, origin: SdpOrigin, ip: IpAddr) {
 }
 
 /// The answer to `offer`: the chosen codec, telephone-event if offered, ptime mirrored,
-/// direction reversed, other m-lines refused with port 0 (RFC 3264 §6).
+/// direction reversed, other m-lines refused with port 0 (RFC 3264 §6); with `srtp`,
+/// our crypto line in the offer's profile.
 pub fn answer(
     offer: &RemoteMedia,
     codec: Codec,
     origin: SdpOrigin,
     ip: IpAddr,
     port: u16,
+    srtp: Option<&sdes::LocalCrypto>,
 ) -> String {
+    let profile = srtp.map_or("RTP/AVP", |c| c.profile());
     let mut out = String::with_capacity(300);
     header(&mut out, origin, ip);
     for (i, (kind, proto, fmts)) in offer.lines.iter().enumerate() {
@@ -236,7 +272,7 @@ pub fn answer(
         let pt = codec.payload_type();
         match offer.telephone_event_pt {
             Some(te) => {
-                let _ = write!(out, "m=audio {port} RTP/AVP {pt} {te}\r\n");
+                let _ = write!(out, "m=audio {port} {profile} {pt} {te}\r\n");
                 let _ = write!(out, "a=rtpmap:{pt} {}/8000\r\n", codec.sdp_name());
                 let _ = write!(
                     out,
@@ -244,29 +280,34 @@ pub fn answer(
                 );
             }
             None => {
-                let _ = write!(out, "m=audio {port} RTP/AVP {pt}\r\n");
+                let _ = write!(out, "m=audio {port} {profile} {pt}\r\n");
                 let _ = write!(out, "a=rtpmap:{pt} {}/8000\r\n", codec.sdp_name());
             }
         }
         let _ = write!(out, "a=ptime:{}\r\n", offer.ptime_ms.unwrap_or(20));
         let _ = write!(out, "a={}\r\n", offer.direction.reversed().attr());
+        if let Some(c) = srtp {
+            out.push_str(&c.attribute());
+        }
     }
     out
 }
 
 /// Our offer (INVITE without SDP, or calls we place): every codec we support, in our
-/// order of preference, plus telephone-event.
+/// order of preference, plus telephone-event; with `srtp`, our crypto line.
 pub fn offer(
     preference: &[Codec],
     telephone_event: bool,
     origin: SdpOrigin,
     ip: IpAddr,
     port: u16,
+    srtp: Option<&sdes::LocalCrypto>,
 ) -> String {
     let mut out = String::with_capacity(300);
     header(&mut out, origin, ip);
     let te = OUR_TELEPHONE_EVENT_PT;
-    let _ = write!(out, "m=audio {port} RTP/AVP");
+    let profile = srtp.map_or("RTP/AVP", |c| c.profile());
+    let _ = write!(out, "m=audio {port} {profile}");
     for c in preference {
         let _ = write!(out, " {}", c.payload_type());
     }
@@ -289,6 +330,9 @@ pub fn offer(
         );
     }
     out.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    if let Some(c) = srtp {
+        out.push_str(&c.attribute());
+    }
     out
 }
 
@@ -322,6 +366,7 @@ mod tests {
             },
             "127.0.0.1".parse().unwrap(),
             20000,
+            None,
         );
         assert!(a.contains("m=audio 20000 RTP/AVP 0 101\r\n"), "{a}");
         assert!(a.contains("a=ptime:30\r\n"));
@@ -361,8 +406,101 @@ mod tests {
             },
             "::1".parse().unwrap(),
             20002,
+            None,
         );
         assert!(a.contains("a=recvonly") && a.contains("IN IP6 ::1"), "{a}");
+    }
+
+    const SRTP_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.5\r\ns=-\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eAQIDBAUGBwgJCgsMDQ4PEBES\r\na=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e|2^31\r\n";
+
+    #[test]
+    fn reads_an_srtp_offer_and_answers_it_with_our_key() {
+        let o = parse(SRTP_OFFER.as_bytes()).unwrap();
+        assert!(o.savp);
+        assert!(
+            matches!(o.crypto, sdes::RemoteCrypto::Usable { tag: 2, .. }),
+            "{:?}",
+            o.crypto
+        );
+        let ours = sdes::LocalCrypto {
+            tag: 2,
+            key: crate::call::SrtpMasterKey::new([7; 16], [8; 14]),
+            savp: o.savp,
+        };
+        let origin = SdpOrigin {
+            session_id: 1,
+            version: 1,
+        };
+        let a = answer(
+            &o,
+            Codec::Pcmu,
+            origin,
+            "127.0.0.1".parse().unwrap(),
+            20000,
+            Some(&ours),
+        );
+        assert!(a.contains("m=audio 20000 RTP/SAVP 0 101\r\n"), "{a}");
+        assert!(
+            a.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{a}"
+        );
+        let back = parse(a.as_bytes()).unwrap();
+        assert_eq!(
+            back.crypto,
+            sdes::RemoteCrypto::Usable {
+                tag: 2,
+                key: ours.key.clone()
+            }
+        );
+        // A best-effort offer: RTP/AVP with our line.
+        let best = sdes::LocalCrypto {
+            savp: false,
+            ..ours
+        };
+        let off = offer(
+            &[Codec::Pcmu],
+            true,
+            origin,
+            "127.0.0.1".parse().unwrap(),
+            20002,
+            Some(&best),
+        );
+        assert!(off.contains("m=audio 20002 RTP/AVP 0 101\r\n"), "{off}");
+        assert!(!parse(off.as_bytes()).unwrap().savp);
+        // Crypto lines of another m-line or of the session are not the audio's.
+        let video = SOFTPHONE.to_string()
+            + "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e\r\n";
+        assert_eq!(
+            parse(video.as_bytes()).unwrap().crypto,
+            sdes::RemoteCrypto::None
+        );
+    }
+
+    #[test]
+    fn hostile_crypto_lines_never_break_the_parse() {
+        // ezk-sdp-types would overflow on 2^40 (a panic in a debug build).
+        let lifetimes = SRTP_OFFER.replace("|2^31", "|2^40");
+        let o = parse(lifetimes.as_bytes()).unwrap();
+        assert!(
+            matches!(o.crypto, sdes::RemoteCrypto::Usable { tag: 2, .. }),
+            "{:?}",
+            o.crypto
+        );
+        let garbage = SRTP_OFFER.replace("|2^31", "|2^99999999999999999999|x:y;;;");
+        assert!(parse(garbage.as_bytes()).is_ok());
+        let mut many = SOFTPHONE.replace("m=video 5000 RTP/AVP 31\r\n", "");
+        for i in 0..10_000 {
+            many.push_str(&format!(
+                "a=crypto:{i} AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+                "A".repeat(300)
+            ));
+        }
+        let o = parse(many.as_bytes()).unwrap();
+        assert!(
+            matches!(&o.crypto, sdes::RemoteCrypto::Unusable { why, .. } if why.contains("crypto lines")),
+            "{:?}",
+            o.crypto
+        );
     }
 
     #[test]

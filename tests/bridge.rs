@@ -92,6 +92,7 @@ async fn phone(
         telephone_event_pt,
         send: true,
         confirmed: true,
+        srtp: None,
     }));
     let s = socket.clone();
     let received = tokio::spawn(async move {

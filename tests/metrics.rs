@@ -126,6 +126,8 @@ fn check_labels(text: &str) {
                             "busy",
                             "overload",
                             "stray_response",
+                            "auth_failed",
+                            "replayed",
                         ]
                         .contains(&v)
                 }

@@ -332,6 +332,25 @@ pub struct RtpConfig {
     pub latch: bool,
     #[serde(default)]
     pub inband_dtmf: InbandDtmf,
+    /// SRTP with SDES keys on TLS legs (`media::srtp`, `sdp::sdes`).
+    #[serde(default)]
+    pub srtp: SrtpMode,
+}
+
+/// When media is encrypted (SRTP, SDES keys in the SDP). Keys only ever cross TLS
+/// signalling: on a UDP or TCP leg every mode means plain RTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpMode {
+    /// Plain RTP everywhere; RTP/SAVP offers are refused with 488.
+    Off,
+    /// Offers to TLS operators carry a key (RTP/AVP, a plain answer is accepted);
+    /// TLS offers with a key are answered with ours.
+    #[default]
+    Offer,
+    /// As `Offer`, but offers to operators are RTP/SAVP and a plain answer (or an
+    /// operator registered without TLS) is refused: the call goes to another operator.
+    Require,
 }
 
 fn default_true() -> bool {
@@ -836,6 +855,14 @@ impl Config {
         trunks::validate(&self.trunks)?;
         self.validate_console()?;
         tls::validate(&self.tls, &self.sip.listen)?;
+        if self.rtp.srtp == SrtpMode::Require
+            && !self.sip.listen.iter().any(|l| l.protocol == Protocol::Tls)
+        {
+            return Err((
+                "rtp.srtp".into(),
+                "\"require\" needs a \"tls:\" entry in sip.listen: SDES keys cross TLS only, so no operator could take a call".into(),
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err((
                 "log.level".into(),
@@ -1009,6 +1036,19 @@ mod tests {
             }
         );
         assert_eq!(c.database_path(), PathBuf::from("data/hotline.db"));
+    }
+
+    #[test]
+    fn srtp_mode_is_checked() {
+        assert_eq!(load(&[]).unwrap().rtp.srtp, SrtpMode::Offer);
+        assert_eq!(load(&["rtp.srtp=off"]).unwrap().rtp.srtp, SrtpMode::Off);
+        let e = load(&["rtp.srtp=maybe"]).unwrap_err();
+        assert_eq!(e.key, "rtp.srtp");
+        assert!(e.problem.contains("unknown variant `maybe`"), "{e}");
+        assert!(e.problem.contains("`off`, `offer`, `require`"), "{e}");
+        let e = load(&["rtp.srtp=require"]).unwrap_err();
+        assert_eq!(e.key, "rtp.srtp");
+        assert!(e.problem.contains("needs a \"tls:\" entry"), "{e}");
     }
 
     #[test]

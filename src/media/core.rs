@@ -14,7 +14,11 @@ use super::bridge::{Bridge, JitterConfig, Side};
 use super::prompt::Prompt;
 use super::rtp::{RtpSender, MAX_PACKET};
 use super::session::{DtmfMode, MediaSession, RecordSpec, SessionEvent};
-use crate::call::{CallId, Channels, Codec, MediaCommand, MediaEvent, RecordingInfo, StopReason};
+use super::srtp::TAG_LEN;
+use super::srtp_leg::{LegCrypto, SrtpDrops, MAX_SRTP_PACKET};
+use crate::call::{
+    CallId, Channels, Codec, MediaCommand, MediaEvent, RecordingInfo, SrtpKeys, StopReason,
+};
 use crate::config::PortRange;
 use rand::RngCore;
 use std::collections::{HashMap, VecDeque};
@@ -185,9 +189,38 @@ pub struct MediaLeg {
     confirmed: bool,
     /// Packets not sent because the address was not confirmed yet.
     pub withheld: u64,
+    /// SRTP keys in use; None is plain RTP.
+    crypto: Option<LegCrypto>,
+    /// The leg's call, for SRTP log lines.
+    call: CallId,
 }
 
 impl MediaLeg {
+    /// Switches the leg to `keys` (None: plain RTP). The same keys again keep the
+    /// SRTP state (rollover counters, replay window).
+    fn use_srtp(&mut self, keys: Option<&SrtpKeys>, drops: &Arc<SrtpDrops>) {
+        match (keys, &self.crypto) {
+            (Some(k), Some(c)) if c.uses(k) => {}
+            (Some(k), _) => {
+                tracing::info!(call = self.call, "media encrypted (SRTP)");
+                self.crypto = Some(LegCrypto::new(k, drops.clone()));
+            }
+            (None, Some(_)) => {
+                tracing::info!(call = self.call, "media no longer encrypted");
+                self.crypto = None;
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// The packet of `len` bytes in `buf` as it leaves: protected on an SRTP leg.
+    fn seal(&mut self, buf: &mut [u8], len: usize) -> Option<usize> {
+        match &mut self.crypto {
+            Some(c) => c.seal(buf, len),
+            None => Some(len),
+        }
+    }
+
     /// A packet arrived on the leg's port from `from`. Returns whether it was the
     /// caller's RTP (and so was used).
     pub fn receive(&mut self, from: SocketAddr, packet: &[u8], now_ms: u64) -> bool {
@@ -201,6 +234,19 @@ impl MediaLeg {
         if !from_caller {
             return false;
         }
+        // Authenticated before it may latch, confirm or keep the call alive.
+        // The buffer is only made (and zeroed) for SRTP legs.
+        let mut plain: [u8; MAX_SRTP_PACKET];
+        let packet = match &mut self.crypto {
+            Some(c) => {
+                plain = [0u8; MAX_SRTP_PACKET];
+                match c.open(self.call, packet, &mut plain, now_ms) {
+                    Some(p) => p,
+                    None => return false,
+                }
+            }
+            None => packet,
+        };
         if let Latch::Open { until_ms } = self.latch {
             if now_ms <= until_ms && self.remote != Some(from) {
                 tracing::debug!("RTP latched to its source");
@@ -277,6 +323,7 @@ pub struct MediaCore {
     ticks: u64,
     /// The legs of the current tick (kept to avoid an allocation per tick).
     tick_order: Vec<CallId>,
+    srtp_drops: Arc<SrtpDrops>,
 }
 
 impl MediaCore {
@@ -294,7 +341,13 @@ impl MediaCore {
             sink: VecDeque::new(),
             ticks: 0,
             tick_order: Vec::new(),
+            srtp_drops: Arc::new(SrtpDrops::default()),
         }
+    }
+
+    /// SRTP packets dropped by every leg (for the metrics).
+    pub fn srtp_drops(&self) -> Arc<SrtpDrops> {
+        self.srtp_drops.clone()
     }
 
     pub fn poll_event(&mut self) -> Option<MediaEvent> {
@@ -335,6 +388,8 @@ impl MediaCore {
             last_rx_ms: now_ms,
             confirmed: false,
             withheld: 0,
+            crypto: None,
+            call,
         }));
         self.legs.insert(
             call,
@@ -377,10 +432,12 @@ impl MediaCore {
                 telephone_event_pt,
                 send,
                 confirmed,
+                srtp,
             }) => {
                 let (latch_on, inband) = (self.cfg.latch, self.cfg.inband);
                 if let Some(leg) = self.legs.get_mut(&call) {
                     let mut sh = lock(&leg.shared);
+                    sh.use_srtp(srtp.as_ref(), &self.srtp_drops);
                     if sh.remote != remote {
                         // New signalled address (first answer or re-INVITE): may latch again.
                         sh.latch = if latch_on {
@@ -724,7 +781,8 @@ impl MediaCore {
     /// audio goes to the sink, and silent legs time out.
     pub fn tick(&mut self, now_ms: u64, send: &mut dyn FnMut(CallId, SocketAddr, &[u8])) {
         self.ticks += 1;
-        let mut buf = [0u8; MAX_PACKET];
+        // Room for the SRTP tag behind the longest RTP packet.
+        let mut buf = [0u8; MAX_PACKET + TAG_LEN];
         for b in self.bridges.iter_mut() {
             tick_bridge(b, &self.legs);
         }
@@ -739,15 +797,19 @@ impl MediaCore {
                 let mut sh = lock(&leg.shared);
                 match (leg.send, sh.remote) {
                     (true, Some(remote)) if sh.confirmed => {
-                        let n = sh.session.on_tick(&mut buf);
-                        send(call, remote, &buf[..n]);
+                        let rtp = buf.first_chunk_mut().expect("the buffer holds a packet");
+                        let n = sh.session.on_tick(rtp);
+                        if let Some(n) = sh.seal(&mut buf, n) {
+                            send(call, remote, &buf[..n]);
+                        }
                     }
                     // Not sure the address wants our audio: nothing goes out, and
                     // nothing is used up, so the caller hears prompts from their start
                     // once their first packet confirms it.
                     (true, Some(_)) => sh.withheld += 1,
                     _ => {
-                        sh.session.on_tick(&mut buf);
+                        sh.session
+                            .on_tick(buf.first_chunk_mut().expect("the buffer holds a packet"));
                     }
                 }
             }
@@ -869,6 +931,7 @@ mod tests {
                 telephone_event_pt: Some(101),
                 send: true,
                 confirmed: true,
+                srtp: None,
             }),
             0,
         );
@@ -1009,6 +1072,101 @@ mod tests {
             Some(SinkCommand::Open { id: 2, .. })
         ));
         assert!(c.poll_event().is_none());
+    }
+
+    /// An SRTP leg: the peer's packets are decrypted before the session sees them,
+    /// ours leave encrypted, forged ones are dropped and counted without keeping the
+    /// call alive, and the same keys again (a re-INVITE) keep the stream's state.
+    #[test]
+    fn an_srtp_leg_protects_what_it_sends_and_checks_what_it_receives() {
+        use crate::call::{SrtpKeys, SrtpMasterKey};
+        use crate::media::srtp::{Protector, Unprotector};
+        let ours = SrtpMasterKey::new([1; 16], [2; 14]);
+        let theirs = SrtpMasterKey::new([3; 16], [4; 14]);
+        let keys = SrtpKeys {
+            send: ours.clone(),
+            receive: theirs.clone(),
+        };
+        let mut c = core();
+        let caller: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        start(&mut c, 1, caller);
+        let start_srtp = |c: &mut MediaCore, at: u64| {
+            c.handle_command(
+                EngineCommand::Sip(MediaCommand::Start {
+                    call: 1,
+                    remote: Some(caller),
+                    signal_ip: caller.ip(),
+                    codec: Codec::Pcmu,
+                    telephone_event_pt: Some(101),
+                    send: true,
+                    confirmed: true,
+                    srtp: Some(keys.clone()),
+                }),
+                at,
+            )
+        };
+        start_srtp(&mut c, 0);
+        c.handle_command(
+            EngineCommand::StartRecording {
+                call: 1,
+                path: "/r/vm.wav".into(),
+                spec: RecordSpec {
+                    stop: VoicemailStopConfig::default(),
+                },
+            },
+            0,
+        );
+        let mut peer_tx = Protector::new(theirs.key(), theirs.salt());
+        let mut peer_rx = Unprotector::new(ours.key(), ours.salt());
+        let mut peer = crate::media::rtp::RtpSender::new(9, 1, 0);
+        let mut pkt = [0u8; MAX_PACKET];
+        let (mut heard, mut forged_sent) = (0, 0);
+        let mut last = Vec::new();
+        for t in 0..100u64 {
+            // A loud square wave, so the recording shows whether it was decrypted.
+            let n = peer.build(0, &[0x80; 160], &mut pkt);
+            let mut p = pkt[..n].to_vec();
+            peer_tx.protect(&mut p).unwrap();
+            if t == 50 {
+                start_srtp(&mut c, t * 20);
+                // Still the same stream: the last packet again is a replay.
+                c.receive(1, caller, &last, t * 20);
+            }
+            c.receive(1, caller, &p, t * 20);
+            last = p.clone();
+            // A forged copy with a later sequence number.
+            let mut forged = p.clone();
+            forged[3] = forged[3].wrapping_add(1);
+            c.receive(1, caller, &forged, t * 20);
+            forged_sent += 1;
+            c.tick(t * 20, &mut |_, to, bytes| {
+                assert_eq!(to, caller);
+                let plain = peer_rx.unprotect(bytes).expect("our packets are SRTP");
+                assert_eq!(plain.len() + 10, bytes.len());
+                heard += 1;
+            });
+        }
+        assert_eq!(heard, 100);
+        let drops = c.srtp_drops().counts();
+        assert_eq!(drops.auth_failed, forged_sent, "{drops:?}");
+        assert_eq!(drops.replayed, 1, "{drops:?}");
+        c.handle_command(EngineCommand::StopRecording { call: 1 }, 2000);
+        let samples: Vec<i16> = std::iter::from_fn(|| c.poll_sink())
+            .flat_map(|s| match s {
+                SinkCommand::Write { samples, .. } => samples,
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(samples.len(), 16_000, "every genuine packet was heard");
+        let loud = samples.iter().filter(|s| s.abs() > 8000).count();
+        assert!(
+            loud > 15_000,
+            "decrypted audio is recorded ({loud} loud samples)"
+        );
+        // Plain RTP on an SRTP leg is not audio: dropped and counted.
+        let n = peer.build(0, &[0x80; 160], &mut pkt);
+        c.receive(1, caller, &pkt[..n], 2100);
+        assert_eq!(c.srtp_drops().counts().auth_failed, forged_sent + 1);
     }
 
     #[test]

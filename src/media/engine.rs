@@ -44,6 +44,8 @@ pub struct MediaHandle {
     pub commands: mpsc::UnboundedSender<EngineCommand>,
     /// How late the clock woke for each tick, for the metrics endpoint.
     pub lateness: Arc<ClockLateness>,
+    /// SRTP packets every leg dropped, for the metrics endpoint.
+    pub srtp_drops: Arc<super::srtp_leg::SrtpDrops>,
 }
 
 /// Upper bounds of the lateness buckets in microseconds; one more bucket holds the rest.
@@ -125,10 +127,13 @@ pub fn spawn_watched(
     let (tx, rx) = mpsc::unbounded_channel();
     let lateness = Arc::new(ClockLateness::default());
     let detector = overload.map(OverloadDetector::new);
-    tokio::spawn(run(cfg, rx, events, lateness.clone(), detector));
+    let core = MediaCore::new(cfg, &mut rand::rngs::StdRng::from_entropy());
+    let srtp_drops = core.srtp_drops();
+    tokio::spawn(run(core, rx, events, lateness.clone(), detector));
     MediaHandle {
         commands: tx,
         lateness,
+        srtp_drops,
     }
 }
 
@@ -145,13 +150,12 @@ fn millis(epoch: Instant) -> u64 {
 }
 
 async fn run(
-    cfg: MediaConfig,
+    mut core: MediaCore,
     mut commands: mpsc::UnboundedReceiver<EngineCommand>,
     events: mpsc::UnboundedSender<MediaEvent>,
     lateness: Arc<ClockLateness>,
     mut detector: Option<OverloadDetector>,
 ) {
-    let mut core = MediaCore::new(cfg, &mut rand::rngs::StdRng::from_entropy());
     let mut io: HashMap<CallId, LegIo> = HashMap::new();
     let (results_tx, mut results) = mpsc::unbounded_channel::<SinkResult>();
     let sink = match RecordingSink::spawn(move |r| {

@@ -20,5 +20,6 @@ pub mod rtp;
 pub mod session;
 pub mod sip_info;
 pub mod srtp;
+pub mod srtp_leg;
 pub mod tone;
 pub mod voicemail;

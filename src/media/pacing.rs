@@ -212,6 +212,7 @@ mod tests {
                 telephone_event_pt: None,
                 send: true,
                 confirmed: true,
+                srtp: None,
             }),
             0,
         );

@@ -9,8 +9,9 @@
 //! against the key-derivation vectors of RFC 3711 appendix B.3 and against packets
 //! protected by libsrtp 2. Cost per packet: `examples/bench_srtp.rs`.
 //!
-//! Not wired into the media core yet: `rtp.srtp`, the SDES negotiation in SDP and
-//! the protect/unprotect seam in `media::core` are still to come.
+//! Used per leg by `media::srtp_leg` (the media core's protect-on-send and
+//! unprotect-on-receive step); the SDES negotiation that yields the keys is
+//! `sdp::sdes`, and `rtp.srtp` says when (docs/trunks.md).
 
 use aes::cipher::{InnerIvInit, KeyInit, KeyIvInit, StreamCipher};
 use hmac::{Hmac, Mac};
@@ -158,6 +159,24 @@ impl Protector {
 
     /// Encrypts an RTP packet in place and appends the tag.
     pub fn protect(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
+        let len = packet.len();
+        packet.resize(len + TAG_LEN, 0);
+        match self.protect_in_place(packet, len) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                packet.truncate(len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Encrypts the RTP packet in `buf[..len]` and writes the tag after it; returns the
+    /// SRTP packet's length. `buf` must have room for the tag.
+    pub fn protect_in_place(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
+        if buf.len() < len + TAG_LEN {
+            return Err(SrtpError::Malformed);
+        }
+        let packet = &mut buf[..len];
         let off = payload_offset(packet).ok_or(SrtpError::Malformed)?;
         let (seq, ssrc) = seq_ssrc(packet);
         if let Some(last) = self.last_seq {
@@ -169,8 +188,8 @@ impl Protector {
         let index = (u64::from(self.roc) << 16) | u64::from(seq);
         self.keys.crypt(ssrc, index, &mut packet[off..]);
         let tag = self.keys.tag(packet, self.roc);
-        packet.extend_from_slice(&tag);
-        Ok(())
+        buf[len..len + TAG_LEN].copy_from_slice(&tag);
+        Ok(len + TAG_LEN)
     }
 }
 
@@ -214,10 +233,21 @@ impl Unprotector {
 
     /// Checks and decrypts an SRTP packet; returns the RTP packet (tag removed).
     pub fn unprotect(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
+        let mut out = packet.to_vec();
+        let len = self.unprotect_in_place(&mut out)?;
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// Checks and decrypts the SRTP packet in `packet` in place; returns the length of
+    /// the RTP packet at its start (the tag is left behind it). Nothing is changed,
+    /// and the replay window stays as it was, when the packet is refused.
+    pub fn unprotect_in_place(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
         if packet.len() < 12 + TAG_LEN {
             return Err(SrtpError::Malformed);
         }
-        let (body, tag) = packet.split_at(packet.len() - TAG_LEN);
+        let (body, tag) = packet.split_at_mut(packet.len() - TAG_LEN);
+        let body_len = body.len();
         let off = payload_offset(body).ok_or(SrtpError::Malformed)?;
         let (seq, ssrc) = seq_ssrc(body);
         let index = self.estimate(seq);
@@ -231,7 +261,7 @@ impl Unprotector {
         }
         let expected = self.keys.tag(body, (index >> 16) as u32);
         use subtle::ConstantTimeEq;
-        if !bool::from(expected.ct_eq(tag)) {
+        if !bool::from(expected.ct_eq(&*tag)) {
             return Err(SrtpError::AuthFailed);
         }
         match self.highest {
@@ -251,36 +281,9 @@ impl Unprotector {
                 self.highest = Some(index);
             }
         }
-        let mut out = body.to_vec();
-        self.keys.crypt(ssrc, index, &mut out[off..]);
-        Ok(out)
+        self.keys.crypt(ssrc, index, &mut body[off..]);
+        Ok(body_len)
     }
-}
-
-/// The key material of an SDES `inline:` parameter (RFC 4568 §6.1): base64 of the
-/// 16-byte master key and 14-byte salt; a lifetime or MKI after `|` is refused.
-pub fn parse_inline(key_params: &str) -> Result<([u8; 16], [u8; 14]), String> {
-    let b64 = key_params
-        .strip_prefix("inline:")
-        .ok_or("key parameters do not start with inline:")?;
-    if b64.contains('|') {
-        return Err("key lifetime or MKI not supported".into());
-    }
-    use base64::Engine;
-    if b64.len() > 64 {
-        return Err("key is too long".into());
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| "key is not base64".to_string())?;
-    if raw.len() != MASTER_KEY_LEN + MASTER_SALT_LEN {
-        return Err(format!("key and salt are {} bytes, not 30", raw.len()));
-    }
-    let mut key = [0u8; 16];
-    let mut salt = [0u8; 14];
-    key.copy_from_slice(&raw[..16]);
-    salt.copy_from_slice(&raw[16..]);
-    Ok((key, salt))
 }
 
 #[cfg(test)]
@@ -414,11 +417,14 @@ mod tests {
     #[test]
     fn sdes_inline_keys_are_parsed_and_bad_ones_refused() {
         // 30 bytes 01..1e in base64.
-        let (key, salt) = parse_inline("inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e").unwrap();
-        assert_eq!((key, salt), master());
+        use crate::sdp::sdes::parse_inline;
+        let k = parse_inline("inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e").unwrap();
+        assert_eq!((*k.key(), *k.salt()), master());
         for bad in [
             "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e",
             "inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e|2^20|1:4",
+            "inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e|1:4",
+            "inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e|2^20",
             "inline:AQID",
             "inline:!!!!BAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e",
             "inline:",

@@ -171,6 +171,7 @@ impl Metrics {
         let live = Arc::new(LiveCollector {
             figures: Mutex::new(LiveFigures::empty()),
             lateness: std::sync::OnceLock::new(),
+            srtp_drops: std::sync::OnceLock::new(),
         });
         registry.register_collector(Box::new(SharedLive(live.clone())));
         Metrics {
@@ -220,6 +221,11 @@ impl Metrics {
         let _ = self.live.lateness.set(lateness);
     }
 
+    /// The media layer's count of dropped SRTP packets (set once, when media starts).
+    pub fn attach_srtp_drops(&self, drops: Arc<crate::media::srtp_leg::SrtpDrops>) {
+        let _ = self.live.srtp_drops.set(drops);
+    }
+
     pub fn store_batch(&self, took: Duration) {
         self.store_commit.observe(took.as_secs_f64());
     }
@@ -245,6 +251,7 @@ impl Metrics {
 struct LiveCollector {
     figures: Mutex<LiveFigures>,
     lateness: std::sync::OnceLock<Arc<ClockLateness>>,
+    srtp_drops: std::sync::OnceLock<Arc<crate::media::srtp_leg::SrtpDrops>>,
 }
 
 fn gauge(
@@ -366,6 +373,22 @@ impl LiveCollector {
                 ("tcp_refused", t.tcp_refused),
                 ("tcp_message_timeout", t.tcp_message_timeouts),
                 ("tls_handshake_failure", t.tls_handshake_failures),
+            ],
+        )?;
+        let d = self
+            .srtp_drops
+            .get()
+            .map(|d| d.counts())
+            .unwrap_or_default();
+        counter_family(
+            &mut encoder,
+            "hotline_srtp_dropped",
+            "Received SRTP packets dropped, by reason (auth_failed, replayed, malformed)",
+            "reason",
+            &[
+                ("auth_failed", d.auth_failed),
+                ("replayed", d.replayed),
+                ("malformed", d.malformed),
             ],
         )?;
         let clock = self.lateness.get();

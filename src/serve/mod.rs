@@ -105,8 +105,22 @@ pub fn endpoint_config(cfg: &Config, filter: &CallerIdFilter) -> EndpointConfig 
         },
         log_messages: filter.policy() == CallerIdPolicy::Keep,
         registrar: Some(registrar_setup(cfg)),
+        srtp: cfg.rtp.srtp,
+        srtp_keys: Some(srtp_key_source()),
         ..EndpointConfig::default()
     }
+}
+
+/// Fresh SRTP master keys from the operating system's randomness, one per leg.
+fn srtp_key_source() -> crate::sip::endpoint::SrtpKeySource {
+    Arc::new(|| {
+        use rand::RngCore;
+        let mut raw = [0u8; 30];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let key = crate::call::SrtpMasterKey::from_concatenated(&raw);
+        zeroize::Zeroize::zeroize(&mut raw);
+        key
+    })
 }
 
 pub fn media_config(cfg: &Config) -> MediaConfig {
@@ -263,6 +277,7 @@ pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartErro
         .map(crate::media::overload::OverloadConfig::with_threshold);
     let media = engine::spawn_watched(media_config(&cfg), overload, media_ev_tx);
     metrics.attach_clock(media.lateness.clone());
+    metrics.attach_srtp_drops(media.srtp_drops.clone());
     let ep = Endpoint::new(
         endpoint_config(&cfg, &filter),
         rand::rngs::StdRng::from_rng(&mut seed).map_err(anyhow::Error::from)?,

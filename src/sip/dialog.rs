@@ -11,7 +11,8 @@ use super::endpoint::{EndpointConfig, Output};
 use super::headers;
 use super::message::{self, finish_message, Method, Request};
 use super::transactions::{TimerRef, Transactions};
-use crate::call::{CallId, Codec, MediaCommand, Peer};
+use crate::call::{CallId, Codec, MediaCommand, Peer, SrtpKeys, SrtpMasterKey};
+use crate::sdp::sdes::{self, LocalCrypto, OfferPlan};
 use crate::sdp::{self, RemoteMedia, SdpOrigin};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -33,8 +34,96 @@ pub(super) struct MediaState {
     pub signal_ip: IpAddr,
     /// The signalling source is trusted (a provider): its SDP address is believed.
     pub trusted_source: bool,
+    pub srtp: LegSrtp,
 }
 
+/// SDES on one leg (see `sdp::sdes`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct LegSrtp {
+    /// What our offers on this leg carry (inbound legs: best effort at most).
+    pub plan: OfferPlan,
+    /// Our crypto line, once offered or answered.
+    pub local: Option<LocalCrypto>,
+    /// The peer's key, once agreed: with `local`, the leg is SRTP.
+    pub remote: Option<SrtpMasterKey>,
+}
+
+impl LegSrtp {
+    pub fn keys(&self) -> Option<SrtpKeys> {
+        match (&self.local, &self.remote) {
+            (Some(l), Some(r)) => Some(SrtpKeys {
+                send: l.key.clone(),
+                receive: r.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Our crypto line for an offer by `plan` (a new key unless one is in use).
+    pub fn offer_line(&mut self, cfg: &EndpointConfig) -> Option<&LocalCrypto> {
+        let savp = match self.plan {
+            OfferPlan::BestEffort => false,
+            OfferPlan::Required => true,
+            OfferPlan::Plain | OfferPlan::Impossible => return None,
+        };
+        if self.local.is_none() {
+            let key = cfg.new_srtp_key()?;
+            self.local = Some(LocalCrypto {
+                tag: sdes::OUR_TAG,
+                key,
+                savp,
+            });
+        }
+        self.local.as_ref()
+    }
+
+    /// A new offer inside the dialog: the same rules as a first offer, our key kept
+    /// (so the media layer keeps its SRTP state when the peer's key stays too), and a
+    /// leg that requires SRTP stays encrypted.
+    pub fn take_reoffer(
+        &mut self,
+        offer: &RemoteMedia,
+        secure_link: bool,
+        cfg: &EndpointConfig,
+    ) -> Result<(), String> {
+        match sdes::plan_answer(offer.savp, &offer.crypto, secure_link, cfg.srtp_mode()) {
+            sdes::AnswerPlan::Refuse(why) => Err(why),
+            sdes::AnswerPlan::Plain if self.plan == OfferPlan::Required => {
+                Err("a plain re-offer on a leg that requires SRTP".into())
+            }
+            sdes::AnswerPlan::Plain => {
+                self.local = None;
+                self.remote = None;
+                Ok(())
+            }
+            sdes::AnswerPlan::Srtp { tag, remote } => {
+                let key = match self.local.take() {
+                    Some(l) => l.key,
+                    None => cfg.new_srtp_key().ok_or("no SRTP key source")?,
+                };
+                self.local = Some(LocalCrypto {
+                    tag,
+                    key,
+                    savp: offer.savp,
+                });
+                self.remote = Some(remote);
+                Ok(())
+            }
+        }
+    }
+
+    /// The peer's answer to our offer: SRTP, plain, or why the call cannot go on.
+    pub fn take_answer(&mut self, answer: &RemoteMedia) -> Result<(), String> {
+        let required = self.plan == OfferPlan::Required;
+        let remote =
+            sdes::check_answer(answer.savp, &answer.crypto, self.local.as_ref(), required)?;
+        if remote.is_none() {
+            self.local = None;
+        }
+        self.remote = remote;
+        Ok(())
+    }
+}
 impl MediaState {
     pub fn start_command(
         &self,
@@ -53,6 +142,7 @@ impl MediaState {
             telephone_event_pt: remote.telephone_event_pt,
             send,
             confirmed,
+            srtp: self.srtp.keys(),
         }
     }
 }
@@ -234,6 +324,7 @@ impl Dialog {
                 self.media.origin,
                 ip,
                 self.media.port,
+                self.media.srtp.local.as_ref(),
             );
             (offer, None)
         } else {
@@ -250,8 +341,29 @@ impl Dialog {
                 t.respond(now, key, &req.raw, 488, None, Some(&tag), &[], None);
                 return;
             };
+            if let Err(why) = self
+                .media
+                .srtp
+                .take_reoffer(&offer, self.peer.link.secure(), cfg)
+            {
+                tracing::info!(call = self.call, "re-INVITE refused: {why}");
+                let warn = [("Warning".to_string(), format!("399 hotline \"{why}\""))];
+                t.respond(now, key, &req.raw, 488, None, Some(&tag), &warn, None);
+                return;
+            }
             self.media.codec = Some(codec);
-            let body = sdp::answer(&offer, codec, self.media.origin, ip, self.media.port);
+            let body = sdp::answer(
+                &offer,
+                codec,
+                self.media.origin,
+                ip,
+                self.media.port,
+                self.media
+                    .srtp
+                    .local
+                    .as_ref()
+                    .filter(|_| self.media.srtp.remote.is_some()),
+            );
             let cmd =
                 self.media
                     .start_command(self.call, &offer, codec, !offer.direction.peer_holds());

@@ -11,7 +11,7 @@
 
 use super::admission::{Admission, AdmissionConfig, CallVerdict, Verdict};
 use super::client::ClientResult;
-use super::dialog::{dialog_key, Dialog, MediaState};
+use super::dialog::{dialog_key, Dialog, LegSrtp, MediaState};
 use super::digest::{DigestAuth, Ha1Set};
 use super::headers::{self, NameAddr};
 use super::inbound::{InboundCall, Outcome};
@@ -68,6 +68,9 @@ pub type CallerIdFilter = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub type CallIdLabel = Arc<dyn Fn(&str) -> String + Send + Sync>;
 /// What may be logged of a source address (a caller's, under the caller-ID policy).
 pub type AddressLabel = Arc<dyn Fn(IpAddr) -> String + Send + Sync>;
+/// A fresh SRTP master key and salt for each leg that gets SRTP (OS randomness in the
+/// server; the endpoint itself reads none).
+pub type SrtpKeySource = Arc<dyn Fn() -> crate::call::SrtpMasterKey + Send + Sync>;
 
 #[derive(Clone)]
 pub struct EndpointConfig {
@@ -89,6 +92,23 @@ pub struct EndpointConfig {
     pub log_messages: bool,
     /// Without it REGISTER is refused.
     pub registrar: Option<RegistrarSetup>,
+    /// `rtp.srtp`; SDES only ever on TLS legs, and only with a key source.
+    pub srtp: crate::config::SrtpMode,
+    pub srtp_keys: Option<SrtpKeySource>,
+}
+
+impl EndpointConfig {
+    /// `srtp`, or off when there is no key source.
+    pub(super) fn srtp_mode(&self) -> crate::config::SrtpMode {
+        match self.srtp_keys {
+            Some(_) => self.srtp,
+            None => crate::config::SrtpMode::Off,
+        }
+    }
+
+    pub(super) fn new_srtp_key(&self) -> Option<crate::call::SrtpMasterKey> {
+        self.srtp_keys.as_ref().map(|k| k())
+    }
 }
 
 impl std::fmt::Debug for EndpointConfig {
@@ -116,6 +136,8 @@ impl Default for EndpointConfig {
             offer_telephone_event: true,
             log_messages: false,
             registrar: None,
+            srtp: crate::config::SrtpMode::Offer,
+            srtp_keys: None,
         }
     }
 }
@@ -688,6 +710,41 @@ impl Endpoint {
             },
             None => None,
         };
+        let srtp = match &offer {
+            Some(o) => {
+                match sdp::sdes::plan_answer(
+                    o.savp,
+                    &o.crypto,
+                    peer.link.secure(),
+                    self.cfg.srtp_mode(),
+                ) {
+                    sdp::sdes::AnswerPlan::Plain => LegSrtp::default(),
+                    sdp::sdes::AnswerPlan::Srtp { tag, remote } => match self.cfg.new_srtp_key() {
+                        Some(key) => LegSrtp {
+                            plan: sdp::sdes::OfferPlan::BestEffort,
+                            local: Some(sdp::sdes::LocalCrypto {
+                                tag,
+                                key,
+                                savp: o.savp,
+                            }),
+                            remote: Some(remote),
+                        },
+                        None => LegSrtp::default(),
+                    },
+                    sdp::sdes::AnswerPlan::Refuse(why) => {
+                        self.admission.call_ended(peer.remote.ip());
+                        let warn = [("Warning".to_string(), format!("399 hotline \"{why}\""))];
+                        let codec = EndReason::RejectedCodec;
+                        return self
+                            .refuse_invite(now, key, &req, started, 488, &warn, codec, &why);
+                    }
+                }
+            }
+            None => LegSrtp {
+                plan: sdp::sdes::plan_caller_offer(peer.link.secure(), self.cfg.srtp_mode()),
+                ..LegSrtp::default()
+            },
+        };
         self.next_call += 1;
         self.active += 1;
         self.t.emit(started);
@@ -724,6 +781,7 @@ impl Endpoint {
                 },
                 signal_ip: peer.remote.ip(),
                 trusted_source: self.cfg.admission.is_trusted(peer.remote.ip()),
+                srtp,
             },
             reinvite: None,
         };
@@ -1136,7 +1194,8 @@ impl Endpoint {
         target: &str,
         from_user: &str,
     ) -> CallId {
-        self.place_call_to(now, peer, target, None, from_user, Vec::new(), None)
+        let plain = sdp::sdes::OfferPlan::Plain;
+        self.place_call_to(now, peer, target, None, from_user, Vec::new(), None, plain)
     }
 
     /// Rings an operator's phone: `peer` is where its registration came from, which is
@@ -1155,6 +1214,7 @@ impl Endpoint {
     ) -> CallId {
         // Stored as `operator:<user>`: the phone's address says where an operator is.
         let label = format!("operator:{operator}");
+        let srtp = sdp::sdes::plan_operator_offer(peer.link.secure(), self.cfg.srtp_mode());
         let call = self.place_call_to(
             now,
             peer,
@@ -1163,6 +1223,7 @@ impl Endpoint {
             from_user,
             extra,
             Some(&label),
+            srtp,
         );
         if let Some(Call::Out(c)) = self.calls.get_mut(&call) {
             c.dialog.pin_peer = true;
@@ -1180,6 +1241,7 @@ impl Endpoint {
         from_user: &str,
         extra: Vec<(String, String)>,
         shown_to: Option<&str>,
+        srtp: sdp::sdes::OfferPlan,
     ) -> CallId {
         let call = self.next_call;
         self.next_call += 1;
@@ -1218,6 +1280,10 @@ impl Endpoint {
                 },
                 signal_ip: peer.remote.ip(),
                 trusted_source: self.cfg.admission.is_trusted(peer.remote.ip()),
+                srtp: LegSrtp {
+                    plan: srtp,
+                    ..LegSrtp::default()
+                },
             },
             reinvite: None,
         };
@@ -1271,3 +1337,7 @@ fn build_non2xx_ack(resp: &Response, request_uri: &str) -> Vec<u8> {
 #[cfg(test)]
 #[path = "endpoint_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "srtp_tests.rs"]
+mod srtp_tests;

@@ -124,18 +124,25 @@ impl InboundCall {
         if self.state != InboundState::Ringing {
             return;
         }
-        let media = &self.dialog.media;
+        let media = &mut self.dialog.media;
         let ip = local_ip(cfg, self.dialog.peer);
         let body = match (&media.remote, media.codec) {
-            (Some(offer), Some(codec)) => sdp::answer(offer, codec, media.origin, ip, media.port),
+            (Some(offer), Some(codec)) => {
+                let srtp = media.srtp.local.as_ref();
+                sdp::answer(offer, codec, media.origin, ip, media.port, srtp)
+            }
             // No offer: ours goes in the 200, the answer comes in the ACK.
-            _ => sdp::offer(
-                &cfg.codecs,
-                cfg.offer_telephone_event,
-                media.origin,
-                ip,
-                media.port,
-            ),
+            _ => {
+                let srtp = media.srtp.offer_line(cfg).cloned();
+                sdp::offer(
+                    &cfg.codecs,
+                    cfg.offer_telephone_event,
+                    media.origin,
+                    ip,
+                    media.port,
+                    srtp.as_ref(),
+                )
+            }
         };
         self.state = InboundState::AwaitingAck;
         let extra = [
@@ -185,7 +192,16 @@ impl InboundCall {
         }
         // Our offer was in the 200: the answer is in the ACK.
         let answer = sdp::parse(req.body())
-            .and_then(|a| sdp::choose_codec(&a, &cfg.codecs).map(|codec| (a, codec)));
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                sdp::choose_codec(&a, &cfg.codecs)
+                    .map(|codec| (a, codec))
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|(a, codec)| {
+                self.dialog.media.srtp.take_answer(&a)?;
+                Ok((a, codec))
+            });
         match answer {
             Ok((a, codec)) => {
                 self.dialog.media.codec = Some(codec);

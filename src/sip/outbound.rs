@@ -14,6 +14,7 @@ use super::message::{self, Request, Response};
 use super::transactions::{ClientPurpose, Transactions};
 use crate::call::{CallEvent, EndReason, MediaCommand};
 use crate::sdp;
+use crate::sdp::sdes::OfferPlan;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,14 +74,23 @@ impl OutboundCall {
         if self.state != OutboundState::Allocating {
             return Outcome::Continues;
         }
+        if self.dialog.media.srtp.plan == OfferPlan::Impossible {
+            tracing::warn!(
+                call = self.dialog.call,
+                "not offered: the phone is registered without TLS and rtp.srtp = \"require\""
+            );
+            return Outcome::Ended(EndReason::Error);
+        }
         let ip = local_ip(cfg, self.dialog.peer);
         let branch = t.branch();
+        let srtp = self.dialog.media.srtp.offer_line(cfg).cloned();
         let body = sdp::offer(
             &cfg.codecs,
             cfg.offer_telephone_event,
             self.dialog.media.origin,
             ip,
             port,
+            srtp.as_ref(),
         );
         let contact = contact_header(cfg, self.dialog.peer);
         let mut headers: Vec<(&str, &str)> = vec![("Contact", &contact), ("Allow", message::ALLOW)];
@@ -207,6 +217,14 @@ impl OutboundCall {
         let codec = remote
             .as_ref()
             .and_then(|m| sdp::choose_codec(m, &cfg.codecs).ok());
+        let srtp = match &remote {
+            Some(m) => self.dialog.media.srtp.take_answer(m),
+            None => Ok(()),
+        };
+        if let Err(why) = srtp {
+            tracing::warn!(call, "answer refused: {why}; hanging up");
+            return self.hangup(t, now, EndReason::Error);
+        }
         match (remote, codec) {
             (Some(m), Some(codec)) => {
                 self.dialog.media.codec = Some(codec);
