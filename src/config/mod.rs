@@ -885,7 +885,9 @@ impl Config {
                 ));
             }
         }
-        if !c.listen.is_empty() && c.listen == self.metrics.listen {
+        // Port 0 asks the system for a free port each: two of those cannot collide.
+        let fixed_port = !c.listen.ends_with(":0");
+        if !c.listen.is_empty() && fixed_port && c.listen == self.metrics.listen {
             return Err((
                 "metrics.listen".into(),
                 "must differ from console.listen".into(),
@@ -1188,6 +1190,11 @@ mod tests {
         assert_eq!(e.key, "console.listen");
         let e = load(&["metrics.listen=\"127.0.0.1:8080\""]).unwrap_err();
         assert_eq!(e.key, "metrics.listen");
+        assert!(load(&[
+            "console.listen=\"127.0.0.1:0\"",
+            "metrics.listen=\"127.0.0.1:0\""
+        ])
+        .is_ok());
         let e = load(&["console.tls=true"]).unwrap_err();
         assert_eq!(
             e.to_string(),
