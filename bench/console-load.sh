@@ -57,6 +57,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 run() {
     local name="$1" nboards="$2" toggle="$3"
+    shift 3
     local dir="$work/$name"
     mkdir -p "$dir"
     local settings=(
