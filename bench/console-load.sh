@@ -67,6 +67,7 @@ run() {
         --set "limits.max_calls=$((callers * 2 + 100))"
         --set 'limits.source_rate=1000000.0'
         --set 'limits.source_burst=1000000'
+        --set 'limits.max_calls_per_source=0'
         --set 'rtp.ports="20000-29999"'
         --set 'queue.voicemail_when_nobody_logged_in=false'
         --set 'queue.ring_timeout_s=60'
