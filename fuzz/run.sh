@@ -52,6 +52,7 @@ run)
 smoke)
     seconds=${2:?seconds}
     build
+    mkdir -p artifacts
     for t in "${TARGETS[@]}"; do
         echo "== fuzz $t for ${seconds}s"
         run_target "$t" -max_total_time="$seconds" -print_final_stats=1 2>"artifacts/$t.log" ||

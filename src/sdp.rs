@@ -91,8 +91,9 @@ pub fn parse(body: &[u8]) -> Result<RemoteMedia, SdpError> {
     let mut normalized = String::with_capacity(text.len() + 4);
     let mut crypto_lines: Vec<(usize, String)> = Vec::new();
     let mut section = 0;
-    for line in text.lines() {
-        let line = line.trim_end_matches('\r');
+    // A bare CR ends a line too, as it does for ezk: split otherwise, a crypto line
+    // after one would reach ezk's crypto parser, which overflows on key lifetimes.
+    for line in text.split(['\r', '\n']) {
         if line.starts_with("m=") {
             section += 1;
         }
@@ -473,6 +474,19 @@ mod tests {
         assert_eq!(
             parse(video.as_bytes()).unwrap().crypto,
             sdes::RemoteCrypto::None
+        );
+    }
+
+    #[test]
+    fn a_crypto_line_after_a_bare_cr_is_read_here_not_by_ezk() {
+        // Found by the sdp fuzz target: ezk took the bare CR as a line end and parsed
+        // the crypto line itself, overflowing on `|2^61`.
+        let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/SAVP 0\r\na=recvonly\ra=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0e|2^61\r\n";
+        let o = parse(offer.as_bytes()).unwrap();
+        assert!(
+            !matches!(o.crypto, sdes::RemoteCrypto::None),
+            "the crypto line is seen: {:?}",
+            o.crypto
         );
     }
 
