@@ -31,10 +31,11 @@ build() {
 run_target() {
     local target=$1
     shift
-    mkdir -p "corpus/$target" "artifacts/$target"
+    local corpus="${CORPUS_ROOT:-corpus}/$target"
+    mkdir -p "$corpus" "artifacts/$target"
     local dict=()
     [ -f "dict/$target.dict" ] && dict=("-dict=dict/$target.dict")
-    "$BIN/$target" "corpus/$target" "seeds/$target" \
+    "$BIN/$target" "$corpus" "seeds/$target" \
         -artifact_prefix="artifacts/$target/" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
         "${dict[@]}" "$@"
 }
@@ -53,9 +54,13 @@ smoke)
     seconds=${2:?seconds}
     build
     mkdir -p artifacts
+    # From the seeds alone with a fixed seed: the same run here and in CI, so a
+    # smoke failure is a finding that reproduces, not luck.
+    CORPUS_ROOT="$(mktemp -d)"
+    trap 'rm -rf "$CORPUS_ROOT"' EXIT
     for t in "${TARGETS[@]}"; do
         echo "== fuzz $t for ${seconds}s"
-        run_target "$t" -max_total_time="$seconds" -print_final_stats=1 2>"artifacts/$t.log" ||
+        run_target "$t" -seed=1 -max_total_time="$seconds" -print_final_stats=1 2>"artifacts/$t.log" ||
             { tail -n 60 "artifacts/$t.log"; echo "fuzz target $t failed"; exit 1; }
         grep -E '^stat::(number_of_executed_units|average_exec_per_sec)|cov:' "artifacts/$t.log" | tail -n 3
     done
