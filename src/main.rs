@@ -1129,19 +1129,26 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
     print!("{}", hotline::prompts::format_table(rows));
 }
 
-fn status(cfg: &Config, json: bool) -> ExitCode {
+/// A request to the running server whose reply must be ok; a failure is printed and
+/// its exit code returned.
+fn control_ok(cfg: &Config, command: &ControlCommand) -> Result<serde_json::Value, ExitCode> {
     let socket = hotline::control::socket_path(cfg);
-    let reply = match hotline::control::request(&socket, &ControlCommand::Status) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hotline: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let reply = hotline::control::request(&socket, command).map_err(|e| {
+        eprintln!("hotline: {e}");
+        ExitCode::FAILURE
+    })?;
     if reply["ok"] != true {
         eprintln!("hotline: {}", reply_error(&reply));
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
+    Ok(reply)
+}
+
+fn status(cfg: &Config, json: bool) -> ExitCode {
+    let reply = match control_ok(cfg, &ControlCommand::Status) {
+        Ok(reply) => reply,
+        Err(code) => return code,
+    };
     if json {
         println!("{}", serde_json::to_string(&reply).unwrap_or_default());
         return ExitCode::SUCCESS;
@@ -1161,18 +1168,10 @@ fn status(cfg: &Config, json: bool) -> ExitCode {
 
 /// `hotline trunks`: state, registrar address and expiry of each trunk.
 fn trunks(cfg: &Config, json: bool) -> ExitCode {
-    let socket = hotline::control::socket_path(cfg);
-    let reply = match hotline::control::request(&socket, &ControlCommand::Trunks) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hotline: {e}");
-            return ExitCode::FAILURE;
-        }
+    let reply = match control_ok(cfg, &ControlCommand::Trunks) {
+        Ok(reply) => reply,
+        Err(code) => return code,
     };
-    if reply["ok"] != true {
-        eprintln!("hotline: {}", reply_error(&reply));
-        return ExitCode::FAILURE;
-    }
     let list = reply["trunks"].as_array().cloned().unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string(&list).unwrap_or_default());
