@@ -59,6 +59,7 @@ const SHELL_FILES: &[&str] = &[
     "src/uac.rs",
     "src/sip/transport.rs",
     "src/media/engine.rs",
+    "src/media/receiver.rs",
     "src/media/recording_sink.rs",
     "src/store/writer.rs",
     "src/admin.rs",

@@ -1,5 +1,6 @@
-//! The tokio side of media: one socket pair per leg, a receive task per leg, the one
-//! shared 20 ms clock that paces every call's packets, and the recording sink.
+//! The tokio side of media: one socket pair per leg, the one shared 20 ms clock that
+//! paces every call's packets, and the recording sink; every leg's packets are read by
+//! the one receive thread (`receiver`).
 //!
 //! Owns sockets, tasks and time only; what each command, packet and tick means is the
 //! sans-IO `core::MediaCore`. One clock for all calls instead of a timer per call
@@ -9,35 +10,27 @@
 //! nothing here waits for a disk.
 
 pub use super::core::{EngineCommand, InbandPolicy, MediaConfig, FRAME_MS};
-use super::core::{LegHandle, MediaCore, SinkResult};
+use super::core::{MediaCore, SinkResult};
 use super::overload::{OverloadConfig, OverloadDetector, Transition};
 use super::pacing::FramePacer;
+use super::receiver::{Receiver, Registration};
 use super::recording_sink::RecordingSink;
 use crate::call::{CallId, MediaCommand, MediaEvent};
 use rand::SeedableRng;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub const FRAME: Duration = Duration::from_millis(FRAME_MS);
 
-/// A leg's sockets and the tasks that read them.
+/// A leg's RTP socket and its place (and its RTCP socket's) in the receive thread;
+/// dropping it stops the reading and closes both.
 struct LegIo {
     socket: Arc<UdpSocket>,
-    tasks: [JoinHandle<()>; 2],
-}
-
-impl Drop for LegIo {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    _reads: Vec<Registration>,
 }
 
 pub struct MediaHandle {
@@ -137,9 +130,9 @@ pub fn spawn_watched(
     }
 }
 
-fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
-    let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
-    let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1))?;
+fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
+    let rtp = UdpSocket::bind(SocketAddr::new(ip, port))?;
+    let rtcp = UdpSocket::bind(SocketAddr::new(ip, port + 1))?;
     rtp.set_nonblocking(true)?;
     rtcp.set_nonblocking(true)?;
     Ok((rtp, rtcp))
@@ -168,6 +161,13 @@ async fn run(
         }
     };
     let epoch = Instant::now();
+    let receiver = match Receiver::start(epoch.into_std()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the RTP receive thread: {e}");
+            return;
+        }
+    };
     // Frames are due at fixed offsets from `epoch` (no drift); after a late wake the
     // pacer spreads or skips what is owed instead of bursting it.
     let mut pacer = FramePacer::new();
@@ -178,12 +178,12 @@ async fn run(
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
                 let now_ms = millis(epoch);
-                command(&mut core, &mut io, cmd, now_ms, epoch);
+                command(&mut core, &mut io, &receiver, cmd, now_ms, epoch);
                 // A burst of hang-ups or call set-ups is taken at once, not one per
                 // wake between ticks: a stopped leg must not keep sending.
                 for _ in 0..COMMAND_BATCH {
                     match commands.try_recv() {
-                        Ok(cmd) => command(&mut core, &mut io, cmd, now_ms, epoch),
+                        Ok(cmd) => command(&mut core, &mut io, &receiver, cmd, now_ms, epoch),
                         Err(_) => break,
                     }
                 }
@@ -205,7 +205,7 @@ async fn run(
                     core.tick(millis(epoch), &mut |call, remote, packet| {
                         if let Some(leg) = io.get(&call) {
                             // Unreachable or full: the packet is lost like any UDP packet.
-                            let _ = leg.socket.try_send_to(packet, remote);
+                            let _ = leg.socket.send_to(packet, remote);
                         }
                     });
                 }
@@ -251,13 +251,14 @@ const COMMAND_BATCH: usize = 4096;
 fn command(
     core: &mut MediaCore,
     io: &mut HashMap<CallId, LegIo>,
+    receiver: &Receiver,
     cmd: EngineCommand,
     now_ms: u64,
     epoch: Instant,
 ) {
     match cmd {
         EngineCommand::Sip(MediaCommand::Allocate { call, local_ip }) => {
-            allocate(core, io, call, local_ip, epoch);
+            allocate(core, io, receiver, call, local_ip, epoch);
         }
         EngineCommand::Sip(MediaCommand::Stop { call }) => {
             io.remove(&call);
@@ -270,6 +271,7 @@ fn command(
 fn allocate(
     core: &mut MediaCore,
     io: &mut HashMap<CallId, LegIo>,
+    receiver: &Receiver,
     call: CallId,
     local_ip: IpAddr,
     epoch: Instant,
@@ -288,35 +290,27 @@ fn allocate(
     let Some((port, (rtp, rtcp))) = bound else {
         return core.allocation_failed(call);
     };
-    let (Ok(rtp), Ok(rtcp)) = (UdpSocket::from_std(rtp), UdpSocket::from_std(rtcp)) else {
-        core.port_unusable(port);
-        return core.allocation_failed(call);
-    };
     let socket = Arc::new(rtp);
     let leg = core.leg_bound(call, port, millis(epoch));
-    let recv = tokio::spawn(receive(socket.clone(), leg, epoch));
-    // RTCP is received and ignored: peers expect the port to be open.
-    let rtcp_task = tokio::spawn(async move {
-        let mut b = [0u8; 1500];
-        while rtcp.recv_from(&mut b).await.is_ok() {}
-    });
+    // RTCP is read and dropped: peers expect the port to be open.
+    let mut reads = Vec::with_capacity(2);
+    let watched = receiver
+        .add_rtp(socket.clone(), leg)
+        .map(|r| reads.push(r))
+        .and_then(|()| receiver.add_discard(Arc::new(rtcp)))
+        .map(|r| reads.push(r));
+    if let Err(e) = watched {
+        // Only when the kernel refuses another epoll watch; the leg can still send,
+        // and without RTP from its caller it ends by the RTP timeout.
+        tracing::warn!(call, "cannot watch the RTP ports: {e}");
+    }
     io.insert(
         call,
         LegIo {
             socket,
-            tasks: [recv, rtcp_task],
+            _reads: reads,
         },
     );
-}
-
-async fn receive(socket: Arc<UdpSocket>, leg: LegHandle, epoch: Instant) {
-    let mut buf = [0u8; 1500];
-    while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-        let now_ms = millis(epoch);
-        leg.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .receive(from, &buf[..n], now_ms);
-    }
 }
 
 #[cfg(test)]
