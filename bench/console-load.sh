@@ -76,7 +76,7 @@ run() {
         --set 'operators.available_on_register=false'
         --set 'console.listen="127.0.0.1:0"'
         --set 'metrics.listen="127.0.0.1:0"'
-        --set 'log.level="warn"'
+        --set 'log.level="warn,hotline::serve=info"'
     )
     local i
     for ((i = 1; i <= nboards; i++)); do
@@ -87,13 +87,13 @@ run() {
     local pid=$!
     pids+=("$pid")
     for _ in $(seq 100); do
-        grep -q "SIP listening on udp:" "$dir/server.out" 2>/dev/null && break
+        grep -q "SIP listening on udp:" "$dir/server.log" 2>/dev/null && break
         sleep 0.1
     done
     local sip console metrics
-    sip="$(sed -n 's/^hotline: SIP listening on udp://p' "$dir/server.out" | head -1)"
-    console="$(sed -n 's|^hotline: console listening on http://||p' "$dir/server.out" | head -1)"
-    metrics="$(sed -n 's|^hotline: metrics listening on http://\(.*\)/metrics|\1|p' "$dir/server.out" | head -1)"
+    sip="$(sed -n 's/.*SIP listening on udp:\([^ ]*\).*/\1/p' "$dir/server.log" | head -1)"
+    console="$(sed -n 's|.*console listening on http://\([^ ]*\).*|\1|p' "$dir/server.log" | head -1)"
+    metrics="$(sed -n 's|.*metrics listening on http://\([^ ]*\)/metrics.*|\1|p' "$dir/server.log" | head -1)"
     [ -n "$sip" ] || { echo "server did not start:"; cat "$dir/server.log"; exit 1; }
     local boards_args=("$console" --boards "$nboards" --password "$password"
         --start-file "$dir/progress" --duration "$duration" --metrics "$metrics")

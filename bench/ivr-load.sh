@@ -44,7 +44,7 @@ settings=(
     --set 'limits.source_burst=1000000' --set limits.max_calls_per_source=0
     --set 'rtp.ports="20000-29999"'
     --set 'queue.voicemail_when_nobody_logged_in=false'
-    --set 'log.level="warn"'
+    --set 'log.level="warn,hotline::serve=info"'
 )
 prio=()
 if [ -n "${NICE:-}" ]; then
@@ -56,10 +56,10 @@ fi
 "${prio[@]}" target/release/hotline serve "${settings[@]}" >"$work/server.out" 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 100); do
-    grep -q "SIP listening on udp:" "$work/server.out" 2>/dev/null && break
+    grep -q "SIP listening on udp:" "$work/server.log" 2>/dev/null && break
     sleep 0.1
 done
-addr="$(sed -n 's/^hotline: SIP listening on udp://p' "$work/server.out" | head -1)"
+addr="$(sed -n 's/.*SIP listening on udp:\([^ ]*\).*/\1/p' "$work/server.log" | head -1)"
 [ -n "$addr" ] || { echo "server did not start:"; cat "$work/server.log"; exit 1; }
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)${NICE:+, nice $NICE}"

@@ -113,7 +113,8 @@ fn main() {
         format!("limits.max_tcp_connections={}", conns + 100),
         "limits.source_rate=100000.0".to_string(),
         "limits.source_burst=100000".to_string(),
-        "log.level=\"warn\"".to_string(),
+        // The start-up lines (the bound ports) are logged at info.
+        "log.level=\"warn,hotline::serve=info\"".to_string(),
     ];
     let mut cmd = Command::new(bin);
     cmd.arg("serve");
@@ -121,14 +122,14 @@ fn main() {
         cmd.arg("--set").arg(s);
     }
     let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start hotline");
     let pid = child.id();
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     for line in lines.by_ref() {
-        if line.expect("stdout").contains("SIP listening on tls:") {
+        if line.expect("stderr").contains("SIP listening on tls:") {
             break;
         }
     }

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod admin;
 pub mod app;
 pub mod call;
+pub mod capacity;
 pub mod config;
 pub mod console;
 pub mod control;

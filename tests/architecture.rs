@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// layers; within a layer only the pairs in `SAME_LAYER` are allowed.
 const LAYERS: &[&[&str]] = &[
     // Shared data: types every layer uses, and the configuration.
-    &["call", "config"],
+    &["call", "capacity", "config"],
     // Small protocol helpers used by the cores.
     &["sdp", "privacy", "reference", "wav"],
     // Protocol cores (sans-IO) with their thin tokio sides, and storage.

@@ -76,6 +76,10 @@ struct Args {
     /// RTP sockets shared by the calls.
     #[arg(long, default_value_t = 4)]
     rtp_sockets: usize,
+    /// Address the calls come from (SIP and RTP), e.g. 127.0.0.4 beside other
+    /// sources on loopback.
+    #[arg(long, default_value = "127.0.0.1")]
+    local_ip: std::net::Ipv4Addr,
     /// The server's process id: its CPU time and RSS are sampled at the window's edges.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -119,6 +123,7 @@ fn options(a: Args) -> Result<(Options, bool), String> {
         o.speech = s;
     }
     o.rtp_sockets = a.rtp_sockets;
+    o.local_ip = a.local_ip;
     o.server_pid = a.server_pid;
     o.seed = a.seed;
     o.per_call = a.per_call;

@@ -9,6 +9,7 @@
 
 use super::{millis, recording_path, AppOutput, Tokens};
 use crate::call::{CallId, DigitEvent, RecordingInfo, StopReason, WallClock};
+use crate::capacity::release_spare;
 use crate::ivr::{Action, Engine, Event, Flow, Operators, PlayId, QueueOutcome, RecordStop};
 use crate::media::core::EngineCommand;
 use crate::media::prompt::PromptSet;
@@ -176,6 +177,7 @@ impl IvrHost {
         // A recording in progress keeps the call until its result is in.
         if self.calls.get(&call).is_some_and(|c| !c.recording) {
             self.calls.remove(&call);
+            release_spare(&mut self.calls);
         }
     }
 
@@ -264,6 +266,7 @@ impl IvrHost {
         }
         if ended {
             self.calls.remove(&call);
+            release_spare(&mut self.calls);
         }
     }
 

@@ -10,6 +10,7 @@
 
 use super::{millis, recording_path, AppOutput, Tokens};
 use crate::call::{CallId, EndReason, RecordingInfo, WallClock};
+use crate::capacity::release_spare;
 use crate::config::{QueueConfig as QueueSettings, QueueStrategy};
 use crate::ivr::QueueOutcome;
 use crate::media::core::EngineCommand;
@@ -258,6 +259,7 @@ impl QueueHost {
     /// The caller's call ended: leave the queue or end the conversation.
     pub fn caller_gone(&mut self, call: CallId, now: Instant) {
         if self.waiting.remove(&call).is_some() {
+            release_spare(&mut self.waiting);
             let input = QueueInput::CallerLeft {
                 call: qcore::CallId(call),
             };
@@ -407,6 +409,7 @@ impl QueueHost {
         let Some(l) = self.legs.remove(&leg) else {
             return;
         };
+        release_spare(&mut self.legs);
         let (caller, operator) = (l.caller, l.operator);
         self.whispering.remove(&leg);
         if self

@@ -19,6 +19,7 @@ use super::srtp_leg::{LegCrypto, SrtpDrops, MAX_SRTP_PACKET};
 use crate::call::{
     CallId, Channels, Codec, MediaCommand, MediaEvent, RecordingInfo, SrtpKeys, StopReason,
 };
+use crate::capacity::{release_spare, release_spare_queue};
 use crate::config::PortRange;
 use rand::RngCore;
 use std::collections::{HashMap, VecDeque};
@@ -480,6 +481,10 @@ impl MediaCore {
                 if let Some(leg) = self.legs.remove(&call) {
                     self.pool.give_back(leg.port);
                 }
+                release_spare(&mut self.legs);
+                release_spare(&mut self.recordings);
+                release_spare_queue(&mut self.events);
+                release_spare_queue(&mut self.sink);
             }
             EngineCommand::Play {
                 call,

@@ -16,6 +16,7 @@ use super::pacing::FramePacer;
 use super::receiver::{Receiver, Registration};
 use super::recording_sink::RecordingSink;
 use crate::call::{CallId, MediaCommand, MediaEvent};
+use crate::capacity::release_spare;
 use rand::SeedableRng;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -262,6 +263,7 @@ fn command(
         }
         EngineCommand::Sip(MediaCommand::Stop { call }) => {
             io.remove(&call);
+            release_spare(io);
             core.handle_command(EngineCommand::Sip(MediaCommand::Stop { call }), now_ms);
         }
         other => core.handle_command(other, now_ms),

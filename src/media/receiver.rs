@@ -9,6 +9,7 @@
 //! in the sans-IO `MediaLeg::receive`; this file only moves bytes to it.
 
 use super::core::LegHandle;
+use crate::capacity::release_spare;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -64,7 +65,12 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         // Taken out of the table first: an event already fetched for it finds nothing.
-        let entry = lock(&self.shared.entries).remove(&self.token);
+        let entry = {
+            let mut entries = lock(&self.shared.entries);
+            let entry = entries.remove(&self.token);
+            release_spare(&mut entries);
+            entry
+        };
         // SAFETY: epoll_ctl on our own epoll fd; the socket is still open (the entry
         // holds it), and DEL ignores the event argument.
         unsafe {

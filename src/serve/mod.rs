@@ -288,16 +288,16 @@ pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartErro
     driver.trunk_io = Some(trunk_io);
     let scheme = if cfg.console.tls { "https" } else { "http" };
     if let Some(a) = listening.console {
-        println!("hotline: console listening on {scheme}://{a}");
+        tracing::info!("console listening on {scheme}://{a}");
     }
     if let Some(a) = listening.metrics {
-        println!("hotline: metrics listening on http://{a}/metrics");
+        tracing::info!("metrics listening on http://{a}/metrics");
     }
     for b in &driver.transports.bound {
-        println!("hotline: SIP listening on {b}");
+        tracing::info!("SIP listening on {b}");
     }
-    println!(
-        "hotline: RTP ports {}-{}, database {}, {} prompts, caller-id {:?}",
+    tracing::info!(
+        "RTP ports {}-{}, database {}, {} prompts, caller-id {:?}",
         cfg.rtp.ports.first,
         cfg.rtp.ports.last,
         cfg.database_path().display(),
@@ -409,6 +409,6 @@ pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartErro
     // Every row committed, pending seals done, the WAL folded into hotline.db.
     let _ = store_tx.send(StoreCommand::Checkpoint(ftx));
     let _ = frx.recv_timeout(Duration::from_secs(10));
-    println!("hotline: stopped");
+    tracing::info!("stopped");
     Ok(())
 }

@@ -27,6 +27,7 @@ use super::transactions::{ClientPurpose, TimerRef, Transactions};
 use crate::call::{
     CallEvent, CallId, Codec, Direction, EndReason, Link, MediaCommand, Peer, WallClock,
 };
+use crate::capacity::release_spare;
 use crate::sdp::{self, SdpOrigin};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -1007,6 +1008,8 @@ impl Endpoint {
         };
         let dialog = c.dialog();
         self.dialogs.remove(&dialog.key());
+        release_spare(&mut self.calls);
+        release_spare(&mut self.dialogs);
         let reason = c.end_reason().unwrap_or(EndReason::Error);
         tracing::info!(call, reason = %reason.as_str(), "call ended");
         if matches!(c, Call::In(_)) {

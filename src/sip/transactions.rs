@@ -12,6 +12,7 @@ use super::message::{build_response, reason_phrase, Source};
 use super::raw::RawMessage;
 use super::transaction::{ClientTransaction, ServerTransaction, TimerConfig};
 use crate::call::{CallEvent, CallId, MediaCommand, Peer, WallClock};
+use crate::capacity::{release_spare, KEPT};
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::cmp::Reverse;
@@ -54,9 +55,6 @@ pub(super) struct ClientEntry {
     pub peer: Peer,
     pub purpose: ClientPurpose,
 }
-
-/// Below this many entries a table keeps whatever capacity it has.
-const KEPT_CAPACITY: usize = 1024;
 
 const TOKEN_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -170,21 +168,12 @@ impl Transactions {
         None
     }
 
-    /// Tables keep the capacity of their busiest moment, so a burst of calls would
-    /// hold its memory for good (about 10 MB after 8,000 calls in 10 s). A table
-    /// less than a quarter full is cut to twice its entries: the gap between the two
-    /// keeps a table that swings from being cut and regrown at every call.
+    /// A burst's capacity is given back (see `capacity`).
     fn release_spare_capacity(&mut self) {
-        fn cut<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
-            if map.capacity() > KEPT_CAPACITY && map.len() * 4 < map.capacity() {
-                map.shrink_to(map.len() * 2);
-            }
-        }
-        cut(&mut self.server);
-        cut(&mut self.client);
-        cut(&mut self.timer_refs);
-        if self.timers.capacity() > KEPT_CAPACITY && self.timers.len() * 4 < self.timers.capacity()
-        {
+        release_spare(&mut self.server);
+        release_spare(&mut self.client);
+        release_spare(&mut self.timer_refs);
+        if self.timers.capacity() > KEPT && self.timers.len() * 4 < self.timers.capacity() {
             self.timers.shrink_to(self.timers.len() * 2);
         }
     }
@@ -324,13 +313,9 @@ mod tests {
             t.server.remove(&key);
         }
         assert_eq!(t.server.len(), 100);
-        assert!(
-            t.server.capacity() <= KEPT_CAPACITY,
-            "{}",
-            t.server.capacity()
-        );
-        assert!(t.timer_refs.capacity() <= KEPT_CAPACITY);
-        assert!(t.timers.capacity() <= KEPT_CAPACITY);
+        assert!(t.server.capacity() <= KEPT, "{}", t.server.capacity());
+        assert!(t.timer_refs.capacity() <= KEPT);
+        assert!(t.timers.capacity() <= KEPT);
         // A table busy again grows as before, and is not cut while it is used.
         for i in 20_000..22_000 {
             open(&mut t, i);

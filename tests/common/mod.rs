@@ -1,7 +1,6 @@
 //! Shared helpers for tests that run the real `hotline` binary on loopback ports.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -55,43 +54,41 @@ impl Server {
         let mut child = cmd
             .env("RUST_BACKTRACE", "1")
             .env("RUST_LOG", "hotline=debug")
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("start hotline");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut udp, mut tcp) = (None, None);
-        let (mut console, mut metrics) = (None, None);
-        while udp.is_none() || tcp.is_none() {
-            let line = lines
-                .next()
-                .unwrap_or_else(|| {
-                    panic!(
-                        "server exited early; log:\n{}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    )
-                })
-                .expect("read stdout");
-            if let Some(rest) = line.strip_prefix("hotline: SIP listening on udp:") {
-                udp = Some(rest.parse().expect("udp addr"));
-            } else if let Some(rest) = line.strip_prefix("hotline: SIP listening on tcp:") {
-                tcp = Some(rest.parse().expect("tcp addr"));
-            } else if let Some(rest) = line.strip_prefix("hotline: console listening on ") {
-                let addr = rest.split("://").nth(1).expect("console url");
-                console = Some(addr.parse().expect("console addr"));
-            } else if let Some(rest) = line.strip_prefix("hotline: metrics listening on http://") {
-                let addr = rest.trim_end_matches("/metrics");
-                metrics = Some(addr.parse().expect("metrics addr"));
+        // The bound addresses are in the server's start-up log lines.
+        let until = Instant::now() + Duration::from_secs(60);
+        let (udp, tcp, console, metrics) = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let addr = |what: &str| {
+                listening_on(&text, what).map(|a| a.parse::<SocketAddr>().expect(what))
+            };
+            if let (Some(udp), Some(tcp)) =
+                (addr("SIP listening on udp:"), addr("SIP listening on tcp:"))
+            {
+                let console = listening_on(&text, "console listening on ")
+                    .map(|url| url.split("://").nth(1).expect("console url"))
+                    .map(|a| a.parse().expect("console addr"));
+                let metrics = listening_on(&text, "metrics listening on http://").map(|a| {
+                    a.trim_end_matches("/metrics")
+                        .parse()
+                        .expect("metrics addr")
+                });
+                break (udp, tcp, console, metrics);
             }
-        }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > until {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         Server {
             child: Some(child),
             dir,
-            udp: udp.expect("udp"),
-            tcp: tcp.expect("tcp"),
+            udp,
+            tcp,
             log,
             overrides,
             console,
@@ -573,4 +570,14 @@ pub fn quick_flow(dir: &Path) -> String {
     let path = dir.join("ivr-quick.toml");
     std::fs::write(&path, flow).expect("write flow");
     format!("ivr.flow=\"{}\"", path.display())
+}
+
+/// What follows `marker` in the first log line holding it, up to a blank or a quote
+/// (so it reads both the text and the JSON log format).
+pub fn listening_on<'a>(log: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = log.lines().find_map(|l| l.split_once(marker))?.1;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"')
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
 }
