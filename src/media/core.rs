@@ -8,7 +8,7 @@
 //! sends the packets `tick` hands it, and the recording sink (a thread of its own)
 //! writes, flushes, fsyncs and hashes recordings from the `SinkCommand`s this emits,
 //! answering with `on_sink_result`. Received packets reach a leg through its
-//! `LegHandle` (the engine's receive task locks one leg at a time).
+//! `LegHandle` (the receive thread locks one leg at a time).
 
 use super::bridge::{Bridge, JitterConfig, Side};
 use super::prompt::Prompt;
@@ -265,7 +265,7 @@ impl MediaLeg {
     }
 }
 
-/// A leg as the engine's receive task holds it.
+/// A leg as the receive thread holds it.
 pub type LegHandle = Arc<Mutex<MediaLeg>>;
 
 fn lock(leg: &Mutex<MediaLeg>) -> MutexGuard<'_, MediaLeg> {
@@ -407,7 +407,7 @@ impl MediaCore {
         shared
     }
 
-    /// A packet for `call` (what the engine's receive task does through the handle).
+    /// A packet for `call` (what the receive thread does through the handle).
     pub fn receive(&mut self, call: CallId, from: SocketAddr, packet: &[u8], now_ms: u64) {
         if let Some(leg) = self.legs.get(&call) {
             lock(&leg.shared).receive(from, packet, now_ms);
@@ -874,7 +874,7 @@ fn tick_bridge(b: &mut ActiveBridge, legs: &HashMap<CallId, Leg>) {
     let (Some(c), Some(o)) = (legs.get(&b.caller), legs.get(&b.operator)) else {
         return;
     };
-    // The only place two legs are locked at once (receive tasks lock one), always
+    // The only place two legs are locked at once (the receive thread locks one), always
     // caller first: no deadlock.
     let mut c = lock(&c.shared);
     let mut o = lock(&o.shared);
