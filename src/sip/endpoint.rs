@@ -203,6 +203,8 @@ pub struct Endpoint {
     calls: HashMap<CallId, Call>,
     /// Dialog key (Call-ID and our tag) -> call.
     dialogs: HashMap<String, CallId>,
+    /// Each call's maximum-duration timer, cancelled when the call ends.
+    max_duration_timers: HashMap<CallId, u64>,
     admission: Admission,
     registrar: Option<Registrar>,
     next_call: CallId,
@@ -287,6 +289,7 @@ impl Endpoint {
             cfg,
             calls: HashMap::new(),
             dialogs: HashMap::new(),
+            max_duration_timers: HashMap::new(),
             next_call: 1,
             active: 0,
             refusing_new_calls: false,
@@ -795,8 +798,10 @@ impl Endpoint {
             self.t
                 .respond(now, key, &req.raw, 180, None, Some(&local_tag), &[], None);
         }
-        self.t
+        let timer = self
+            .t
             .schedule(now + self.cfg.max_call_duration, TimerRef::CallMax(call));
+        self.max_duration_timers.insert(call, timer);
         self.t.media(MediaCommand::Allocate {
             call,
             local_ip: peer.local.ip(),
@@ -1008,8 +1013,12 @@ impl Endpoint {
         };
         let dialog = c.dialog();
         self.dialogs.remove(&dialog.key());
+        if let Some(timer) = self.max_duration_timers.remove(&call) {
+            self.t.cancel(timer);
+        }
         release_spare(&mut self.calls);
         release_spare(&mut self.dialogs);
+        release_spare(&mut self.max_duration_timers);
         let reason = c.end_reason().unwrap_or(EndReason::Error);
         tracing::info!(call, reason = %reason.as_str(), "call ended");
         if matches!(c, Call::In(_)) {

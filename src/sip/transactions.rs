@@ -142,11 +142,18 @@ impl Transactions {
 
     // ---- timers -------------------------------------------------------------------
 
-    pub fn schedule(&mut self, at: Instant, what: TimerRef) {
+    /// Returns the timer's id, for [`Transactions::cancel`].
+    pub fn schedule(&mut self, at: Instant, what: TimerRef) -> u64 {
         let id = self.next_timer;
         self.next_timer += 1;
         self.timer_refs.insert(id, what);
         self.timers.push(Reverse((at, id)));
+        id
+    }
+
+    /// The timer will not fire. Its place in the heap goes when the heap is compacted.
+    pub fn cancel(&mut self, id: u64) {
+        self.timer_refs.remove(&id);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -168,11 +175,17 @@ impl Transactions {
         None
     }
 
-    /// A burst's capacity is given back (see `capacity`).
+    /// A burst's capacity is given back (see `capacity`), and the heap loses the
+    /// entries of cancelled timers once they are most of it: a call's maximum-duration
+    /// timer would otherwise stay for hours after the call.
     fn release_spare_capacity(&mut self) {
         release_spare(&mut self.server);
         release_spare(&mut self.client);
         release_spare(&mut self.timer_refs);
+        if self.timers.len() > KEPT && self.timers.len() > 2 * self.timer_refs.len() {
+            let live = &self.timer_refs;
+            self.timers.retain(|Reverse((_, id))| live.contains_key(id));
+        }
         if self.timers.capacity() > KEPT && self.timers.len() * 4 < self.timers.capacity() {
             self.timers.shrink_to(self.timers.len() * 2);
         }
@@ -323,5 +336,34 @@ mod tests {
         let busy = t.server.capacity();
         assert!(t.next_due(end).is_none());
         assert_eq!(t.server.capacity(), busy);
+    }
+
+    #[test]
+    fn cancelled_timers_leave_the_tables() {
+        let t0 = Instant::now();
+        let mut t = Transactions::new(
+            TimerConfig::default(),
+            StdRng::seed_from_u64(1),
+            WallClock::anchor(t0, SystemTime::UNIX_EPOCH),
+            false,
+        );
+        let far = t0 + Duration::from_secs(4 * 3600);
+        let ids: Vec<u64> = (0..20_000)
+            .map(|i| t.schedule(far, TimerRef::CallMax(i)))
+            .collect();
+        t.schedule(t0, TimerRef::CallAnswer(1));
+        for id in ids {
+            t.cancel(id);
+        }
+        assert!(matches!(t.next_due(t0), Some(TimerRef::CallAnswer(1))));
+        assert!(t.next_due(t0).is_none());
+        assert_eq!(t.timer_refs.len(), 0);
+        assert!(
+            t.timers.len() <= KEPT,
+            "{} heap entries left",
+            t.timers.len()
+        );
+        assert!(t.timers.capacity() <= KEPT, "{}", t.timers.capacity());
+        assert!(t.next_due(far).is_none(), "a cancelled timer fired");
     }
 }
