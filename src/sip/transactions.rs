@@ -293,18 +293,22 @@ mod tests {
     use rand::SeedableRng;
     use std::time::{Duration, SystemTime};
 
+    fn tables(t0: Instant) -> Transactions {
+        Transactions::new(
+            TimerConfig::default(),
+            StdRng::seed_from_u64(1),
+            WallClock::anchor(t0, SystemTime::UNIX_EPOCH),
+            false,
+        )
+    }
+
     /// A burst of 20,000 transactions and their timers, all ended: once the timers
     /// have run, the tables are cut back instead of keeping their peak capacity; a
     /// table still in use keeps room for twice its entries.
     #[test]
     fn tables_give_back_the_capacity_of_a_burst() {
         let t0 = Instant::now();
-        let mut t = Transactions::new(
-            TimerConfig::default(),
-            StdRng::seed_from_u64(1),
-            WallClock::anchor(t0, SystemTime::UNIX_EPOCH),
-            false,
-        );
+        let mut t = tables(t0);
         let peer = Peer {
             link: Link::Udp(0),
             remote: "127.0.0.1:5062".parse().unwrap(),
@@ -341,12 +345,7 @@ mod tests {
     #[test]
     fn cancelled_timers_leave_the_tables() {
         let t0 = Instant::now();
-        let mut t = Transactions::new(
-            TimerConfig::default(),
-            StdRng::seed_from_u64(1),
-            WallClock::anchor(t0, SystemTime::UNIX_EPOCH),
-            false,
-        );
+        let mut t = tables(t0);
         let far = t0 + Duration::from_secs(4 * 3600);
         let ids: Vec<u64> = (0..20_000)
             .map(|i| t.schedule(far, TimerRef::CallMax(i)))
