@@ -16,7 +16,7 @@
 mod common;
 mod webclient;
 
-use common::{free_udp_port, require_tool, sipp_register, Server, SippPhone};
+use common::{free_tcp_port, free_udp_port, require_tool, sipp_register, Server, SippPhone};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -83,13 +83,6 @@ impl Drop for ChromeDriver {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A headless chromium session, driven synchronously.

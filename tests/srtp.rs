@@ -11,7 +11,10 @@
 
 mod common;
 
-use common::{baresip_command, baresip_interface_args, free_udp_port, require_tool, Server};
+use common::{
+    baresip_command, baresip_interface_args, free_tcp_port, free_udp_port, require_tool, rms,
+    tone_seconds, write_tone, Server,
+};
 use hotline::call::Codec;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -58,13 +61,6 @@ fn make_pki(dir: &Path) -> Pki {
     std::fs::write(&pki.cert, cert.pem()).unwrap();
     std::fs::write(&pki.key, key.serialize_pem()).unwrap();
     pki
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 /// The queue straight away.
@@ -116,51 +112,6 @@ fn start_server(pki: &Pki, ports: &str, extra: &[&str]) -> (Server, SocketAddr) 
     args.extend_from_slice(extra);
     let server = Server::start_in(dir, &args);
     (server, SocketAddr::from(([127, 0, 0, 1], port)))
-}
-
-fn write_tone(path: &Path, hz: f64, seconds: f64) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).expect("wav");
-    for i in 0..(seconds * 8000.0) as usize {
-        let t = i as f64 / 8000.0;
-        w.write_sample((8000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16)
-            .expect("sample");
-    }
-    w.finalize().expect("finalize");
-}
-
-/// Seconds of 20 ms frames in which `hz` carries most of the energy (Goertzel).
-fn tone_seconds(samples: &[i16], hz: f64) -> f64 {
-    let n = 160;
-    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
-    let frames = samples
-        .chunks_exact(n)
-        .filter(|frame| {
-            let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
-            for &x in *frame {
-                let x = x as f64;
-                energy += x * x;
-                let s0 = x + k * s1 - s2;
-                s2 = s1;
-                s1 = s0;
-            }
-            let power = s1 * s1 + s2 * s2 - k * s1 * s2;
-            energy / n as f64 > 100.0 * 100.0 && power > 0.6 * energy * n as f64 / 2.0
-        })
-        .count();
-    frames as f64 * 0.02
-}
-
-fn rms(samples: &[i16]) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    (samples.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
 }
 
 /// baresip registering over TLS with `mediaenc` (None: plain RTP), answering at once
