@@ -7,14 +7,13 @@
 
 mod common;
 
-use common::{
-    baresip_command, baresip_interface_args, free_tcp_port, free_udp_port, require_tool, rms,
-    tone_seconds, write_tone, Server,
-};
+use common::tls_phone::{caller, finish, TlsOperator, OPERATOR_TONE_HZ};
+
+use common::{baresip_command, free_tcp_port, require_tool, rms, tone_seconds, Server};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,90 +107,6 @@ prompts = ["goodbye"]
     format!("ivr.flow=\"{}\"", path.display())
 }
 
-const OPERATOR_TONE_HZ: f64 = 1777.0;
-
-/// baresip registering over TLS (trusting the test's CA), answering at once and
-/// sending a steady tone.
-struct TlsOperator {
-    child: Child,
-    dir: tempfile::TempDir,
-    ctrl: u16,
-}
-
-impl TlsOperator {
-    fn start(tls: SocketAddr, ca: &Path, user: &str, password: &str) -> TlsOperator {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path();
-        write_tone(&p.join("src.wav"), OPERATOR_TONE_HZ, 90.0);
-        for f in ["play.wav", "alert.wav"] {
-            write_tone(&p.join(f), 440.0, 0.1);
-        }
-        std::fs::create_dir_all(p.join("snd")).expect("snd");
-        let ctrl = free_udp_port();
-        let sip = free_udp_port();
-        let config = format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nsip_cafile {ca}\naudio_player aufile,{d}/play.wav\naudio_source aufile,{d}/src.wav\naudio_alert aufile,{d}/alert.wav\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule sndfile.so\nsnd_path {d}/snd\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n",
-            ca = ca.display(),
-            d = p.display()
-        );
-        std::fs::write(p.join("config"), config).expect("config");
-        std::fs::write(
-            p.join("accounts"),
-            format!(
-                "<sip:{user}@{tls};transport=tls>;auth_pass={password};regint=600;answermode=auto\n"
-            ),
-        )
-        .expect("accounts");
-        let child = Command::new("baresip")
-            .args(baresip_interface_args())
-            .arg("-f")
-            .arg(p)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(p.join("baresip.log")).expect("log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("baresip");
-        TlsOperator { child, dir, ctrl }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for TlsOperator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn caller(server: &Server, heard: &Path, hangup_after: u32) -> Child {
-    Command::new(common::bin())
-        .arg("call")
-        .arg(format!("sip:hotline@{}", server.udp))
-        .args(["--hangup-after", &hangup_after.to_string()])
-        .arg("--play")
-        .arg(root().join("tests/data/speech_ru_festival.wav"))
-        .arg("--record")
-        .arg(heard)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("hotline call")
-}
-
-fn finish(mut child: Child, timeout: Duration) -> Value {
-    let until = Instant::now() + timeout;
-    while child.try_wait().ok().flatten().is_none() {
-        assert!(Instant::now() < until, "caller did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().expect("caller output");
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("summary: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 #[test]
 fn baresip_operator_registered_over_tls_takes_a_queued_call() {
     if !require_tool("baresip") {
@@ -201,7 +116,7 @@ fn baresip_operator_registered_over_tls_takes_a_queued_call() {
     let pki = make_pki(pki_dir.path(), in_days(365));
     let (server, tls) = start_tls_server(&pki, &["privacy.caller_id=keep"]);
     let user = server.add_operator("Tanya", "tanya-secret-1");
-    let op = TlsOperator::start(tls, &pki.ca, &user, "tanya-secret-1");
+    let op = TlsOperator::start(tls, &pki.ca, &user, "tanya-secret-1", None);
     let until = Instant::now() + Duration::from_secs(15);
     while server
         .operator_entry("Tanya")

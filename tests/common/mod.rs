@@ -1,6 +1,8 @@
 //! Shared helpers for tests that run the real `hotline` binary on loopback ports.
 #![allow(dead_code)]
 
+pub mod tls_phone;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
