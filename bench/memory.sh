@@ -11,7 +11,8 @@
 #   bench/memory.sh                         # system jemalloc mimalloc glibc-arena2
 #   bench/memory.sh system jemalloc         # only these
 #
-# HOTLINE=path measures another build of the server; KEEP=1 keeps the logs. "system"
+# HOTLINE=path measures another build of the server; KEEP=1 keeps the logs and the
+# server's /proc/PID/smaps when idle and after the burst. "system"
 # is the binary as built: mimalloc by default (src/main.rs), glibc malloc when built
 # with --no-default-features. "jemalloc" and "mimalloc" preload Debian's libjemalloc2
 # and libmimalloc2.0, which replace glibc's malloc only, so compare them on a
@@ -91,6 +92,7 @@ for alloc in "${allocators[@]}"; do
     sleep 5
     idle=$(rss_kb "$pid")
     fd_idle=$(fds "$pid")
+    [ -z "${KEEP:-}" ] || cp "/proc/$pid/smaps" "$d/smaps.idle"
 
     # Flood: unACKed INVITEs from an untrusted address.
     sample "$pid" "$d/flood.peak" &
@@ -116,6 +118,7 @@ for alloc in "${allocators[@]}"; do
     sleep "$AFTER"
     burst_after=$(rss_kb "$pid")
     fd_burst=$(fds "$pid")
+    [ -z "${KEEP:-}" ] || cp "/proc/$pid/smaps" "$d/smaps.burst"
     kill -0 "$pid" 2>/dev/null || { echo "server died:"; tail -20 "$d/server.log"; exit 1; }
     kill "$pid"
     wait "$pid" 2>/dev/null || true

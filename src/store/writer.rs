@@ -215,7 +215,26 @@ fn writer(
     // Recordings at the sealing worker, and the flushes waiting for them.
     let mut sealing_now = 0usize;
     let mut waiting: Vec<(mpsc::Sender<()>, bool)> = Vec::new();
-    while let Ok(first) = rx.recv() {
+    // Whether SQLite's caches hold memory from writes since the last release.
+    let mut holding = false;
+    loop {
+        let first = if holding {
+            match rx.recv_timeout(RELEASE_AFTER_IDLE) {
+                Ok(c) => c,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    release_idle_memory(&conn);
+                    holding = false;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(c) => c,
+                Err(_) => break,
+            }
+        };
+        holding = true;
         let mut batch = vec![first];
         while batch.len() < 2000 {
             match rx.try_recv() {
@@ -367,6 +386,24 @@ fn writer(
                 rows.remove(&call);
             }
         }
+    }
+}
+
+/// Quiet time after which the writer gives back what a burst of writes left in
+/// SQLite's page cache: each connection keeps up to 2 MB, which stayed after every
+/// burst of calls (`docs/soak-and-memory.md`).
+const RELEASE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SQLite allocates through the C library's malloc, not the Rust allocator, so the
+/// pages it frees go back to the system only once that heap is trimmed too.
+fn release_idle_memory(conn: &Connection) {
+    if let Err(e) = conn.execute_batch("PRAGMA shrink_memory") {
+        tracing::warn!("could not release the database cache: {e}");
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
