@@ -17,24 +17,6 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Called as a runtime worker parks: at most once a second per worker, its freed
-/// memory goes back to the system (`hotline::capacity::collect_freed_memory`).
-fn give_back_freed_memory() {
-    use std::cell::Cell;
-    thread_local!(static LAST: Cell<Option<std::time::Instant>> = const { Cell::new(None) });
-    let now = std::time::Instant::now();
-    let due = LAST.with(|last| match last.get() {
-        Some(t) if now.duration_since(t) < Duration::from_secs(1) => false,
-        _ => {
-            last.set(Some(now));
-            true
-        }
-    });
-    if due {
-        hotline::capacity::collect_freed_memory();
-    }
-}
-
 #[derive(Parser)]
 #[command(name = "hotline", version, about = "SIP voice hotline")]
 struct Cli {
@@ -337,7 +319,7 @@ fn main() -> ExitCode {
             init_logs(&cfg, cli.log_json);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
-                .on_thread_park(give_back_freed_memory)
+                .on_thread_park(hotline::media::engine::collect_freed_memory_each_second)
                 .build()
             {
                 Ok(rt) => rt,

@@ -6,7 +6,8 @@
 //! 1; once the stalls stop it reads 0 again and a new call is answered.
 //!
 //! Asserts on behaviour (503s appear while stalled, stop after; calls complete), not
-//! on timings, so that a busy machine only makes it slower.
+//! on timings, so that a busy machine only makes it slower. Also here: the media
+//! threads' real-time scheduling (`rtp.realtime_priority`), read from /proc.
 
 mod common;
 mod webclient;
@@ -245,4 +246,78 @@ fn a_late_media_clock_refuses_new_calls_and_spares_calls_in_progress() {
     assert!(entered >= 1 && entered == left, "{entered} / {left}");
     assert!(entered <= 2, "no flapping: {entered} episodes");
     server.assert_no_panic();
+}
+
+/// (policy, real-time priority) of the server's thread named `name`, from
+/// /proc/PID/task/TID/stat (fields 41 and 40).
+fn thread_scheduling(pid: u32, name: &str) -> Option<(i32, i32)> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the parenthesised command name, which may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        // `rest` starts at field 3.
+        let priority = fields.get(40 - 3)?.parse().ok()?;
+        let policy = fields.get(41 - 3)?.parse().ok()?;
+        return Some((policy, priority));
+    }
+    None
+}
+
+#[test]
+fn the_media_threads_run_at_the_configured_realtime_priority() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let server = Server::start(&["rtp.realtime_priority=7"]);
+    let pid = server.child.as_ref().unwrap().id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (clock, receive) = loop {
+        let clock = thread_scheduling(pid, "hotline-clock");
+        let receive = thread_scheduling(pid, "hotline-rtp-rx");
+        if let (Some(c), Some(r)) = (clock, receive) {
+            break (c, r);
+        }
+        assert!(Instant::now() < deadline, "media threads not found");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let workers = thread_scheduling(pid, "tokio-rt-worker").expect("a runtime worker");
+    assert_eq!(
+        workers.0,
+        libc::SCHED_OTHER,
+        "signalling stays at normal priority"
+    );
+    if root {
+        assert_eq!(clock, (libc::SCHED_RR, 7), "clock");
+        assert_eq!(receive, (libc::SCHED_RR, 7), "receive thread");
+        wait_log(&server, "at real-time priority 7 (SCHED_RR)");
+    } else {
+        // Without the privilege the server says so and runs at normal priority.
+        assert_eq!(clock.0, libc::SCHED_OTHER);
+        wait_log(&server, "media threads at normal priority");
+    }
+
+    let other = Server::start(&["rtp.realtime_priority=0"]);
+    let pid = other.child.as_ref().unwrap().id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let clock = loop {
+        if let Some(c) = thread_scheduling(pid, "hotline-clock") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "clock thread not found");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(clock, (libc::SCHED_OTHER, 0), "0 means normal scheduling");
+}
+
+fn wait_log(server: &Server, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log_text().contains(needle) {
+        assert!(Instant::now() < deadline, "no log line with {needle:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -335,7 +335,18 @@ pub struct RtpConfig {
     /// SRTP with SDES keys on TLS legs (`media::srtp`, `sdp::sdes`).
     #[serde(default)]
     pub srtp: SrtpMode,
+    /// `SCHED_RR` priority of the media clock and RTP receive threads; 0: normal
+    /// scheduling (`media::realtime`).
+    #[serde(default = "default_realtime_priority")]
+    pub realtime_priority: u8,
 }
+
+fn default_realtime_priority() -> u8 {
+    10
+}
+
+/// Highest `rtp.realtime_priority` (Linux real-time priorities are 1-99).
+pub const MAX_REALTIME_PRIORITY: u8 = 99;
 
 /// When media is encrypted (SRTP, SDES keys in the SDP). Keys only ever cross TLS
 /// signalling: on a UDP or TCP leg every mode means plain RTP.
@@ -708,6 +719,15 @@ impl Config {
                 "limits.overload_lateness_ms".into(),
                 format!(
                     "must be between 0 (off) and {MAX_OVERLOAD_LATENESS_MS} milliseconds, not {lateness}"
+                ),
+            ));
+        }
+        if self.rtp.realtime_priority > MAX_REALTIME_PRIORITY {
+            return Err((
+                "rtp.realtime_priority".into(),
+                format!(
+                    "must be between 0 (normal scheduling) and {}, not {}",
+                    MAX_REALTIME_PRIORITY, self.rtp.realtime_priority
                 ),
             ));
         }
@@ -1101,6 +1121,17 @@ mod tests {
         assert_eq!(e.key, "sip.listen[1]");
         assert!(e.problem.contains("unknown transport"), "{e}");
 
+        let e = load(&["rtp.realtime_priority=100"]).unwrap_err();
+        assert_eq!(e.key, "rtp.realtime_priority");
+        assert!(e.problem.contains("between 0"), "{}", e.problem);
+        assert_eq!(load(&[]).unwrap().rtp.realtime_priority, 10);
+        assert_eq!(
+            load(&["rtp.realtime_priority=0"])
+                .unwrap()
+                .rtp
+                .realtime_priority,
+            0
+        );
         let e = load(&["rtp.ports=\"3000-2000\""]).unwrap_err();
         assert_eq!(e.key, "rtp.ports");
         assert!(e.problem.contains("reversed"), "{e}");

@@ -1,6 +1,7 @@
-//! The tokio side of media: one socket pair per leg, the one shared 20 ms clock that
-//! paces every call's packets, and the recording sink; every leg's packets are read by
-//! the one receive thread (`receiver`).
+//! The I/O side of media: one socket pair per leg, the one shared 20 ms clock that
+//! paces every call's packets (on a thread of its own, optionally at real-time
+//! priority: `realtime`), and the recording sink; every leg's packets are read by the
+//! one receive thread (`receiver`).
 //!
 //! Owns sockets, tasks and time only; what each command, packet and tick means is the
 //! sans-IO `core::MediaCore`. One clock for all calls instead of a timer per call
@@ -108,14 +109,16 @@ impl MediaHandle {
 }
 
 pub fn spawn(cfg: MediaConfig, events: mpsc::UnboundedSender<MediaEvent>) -> MediaHandle {
-    spawn_watched(cfg, None, events)
+    spawn_watched(cfg, None, 0, events)
 }
 
-/// [`spawn`] with the clock watched for overload: `ClockLateness::overloaded` says
-/// when new calls should be refused.
+/// [`spawn`] with the clock watched for overload (`ClockLateness::overloaded` says
+/// when new calls should be refused) and the media threads at real-time
+/// `priority` (`media::realtime`; 0: normal scheduling).
 pub fn spawn_watched(
     cfg: MediaConfig,
     overload: Option<OverloadConfig>,
+    priority: u8,
     events: mpsc::UnboundedSender<MediaEvent>,
 ) -> MediaHandle {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -123,11 +126,65 @@ pub fn spawn_watched(
     let detector = overload.map(OverloadDetector::new);
     let core = MediaCore::new(cfg, &mut rand::rngs::StdRng::from_entropy());
     let srtp_drops = core.srtp_drops();
-    tokio::spawn(run(core, rx, events, lateness.clone(), detector));
+    let clock_lateness = lateness.clone();
+    // The clock has a thread of its own, so that it can be scheduled ahead of the
+    // signalling and never waits behind a SIP burst on the runtime's workers.
+    let started = std::thread::Builder::new()
+        .name("hotline-clock".into())
+        .spawn(move || {
+            raise_media_thread(priority);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .on_thread_park(collect_freed_memory_each_second)
+                .build();
+            match rt {
+                Ok(rt) => rt.block_on(run(core, rx, events, clock_lateness, detector, priority)),
+                Err(e) => tracing::error!("cannot start the media clock: {e}"),
+            }
+        });
+    if let Err(e) = started {
+        tracing::error!("cannot start the media clock thread: {e}");
+    }
     MediaHandle {
         commands: tx,
         lateness,
         srtp_drops,
+    }
+}
+
+/// [`crate::capacity::collect_freed_memory`] at most once a second per thread:
+/// called as a runtime thread parks (the clock's at every tick, the runtime's
+/// workers as they go idle). Here because it reads the clock.
+pub fn collect_freed_memory_each_second() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    let now = Instant::now();
+    let due = LAST.with(|last| match last.get() {
+        Some(t) if now.duration_since(t) < Duration::from_secs(1) => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if due {
+        crate::capacity::collect_freed_memory();
+    }
+}
+
+/// One line says whether the media threads got their real-time priority.
+fn raise_media_thread(priority: u8) {
+    if priority == 0 {
+        return;
+    }
+    match super::realtime::raise_current_thread(priority) {
+        Ok(()) => tracing::info!(
+            "media clock and RTP receive threads at real-time priority {priority} (SCHED_RR)"
+        ),
+        Err(e) => tracing::warn!(
+            "media threads at normal priority: real-time priority {priority} refused ({e}); \
+             grant CAP_SYS_NICE or LimitRTPRIO={priority}, or set rtp.realtime_priority = 0"
+        ),
     }
 }
 
@@ -149,6 +206,7 @@ async fn run(
     events: mpsc::UnboundedSender<MediaEvent>,
     lateness: Arc<ClockLateness>,
     mut detector: Option<OverloadDetector>,
+    priority: u8,
 ) {
     let mut io: HashMap<CallId, LegIo> = HashMap::new();
     let (results_tx, mut results) = mpsc::unbounded_channel::<SinkResult>();
@@ -162,7 +220,7 @@ async fn run(
         }
     };
     let epoch = Instant::now();
-    let receiver = match Receiver::start(epoch.into_std()) {
+    let receiver = match Receiver::start(epoch.into_std(), priority) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start the RTP receive thread: {e}");

@@ -13,6 +13,7 @@ pub mod level;
 pub mod overload;
 pub mod pacing;
 pub mod prompt;
+pub mod realtime;
 pub mod receiver;
 pub mod recording_sink;
 pub mod reorder;

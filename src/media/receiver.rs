@@ -91,8 +91,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Receiver {
     /// Starts the thread. `epoch` is the media clock's zero: packets are stamped in
-    /// milliseconds since it, as the engine's commands and ticks are.
-    pub fn start(epoch: Instant) -> io::Result<Receiver> {
+    /// milliseconds since it, as the engine's commands and ticks are. `priority`:
+    /// real-time priority of the thread (`super::realtime`; 0: normal).
+    pub fn start(epoch: Instant, priority: u8) -> io::Result<Receiver> {
         // SAFETY: plain syscalls; the results are checked before being owned.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epoll < 0 {
@@ -116,7 +117,11 @@ impl Receiver {
             .name("hotline-rtp-rx".into())
             .spawn({
                 let shared = shared.clone();
-                move || run(&shared, epoch)
+                move || {
+                    // Refusal is reported once by the clock, which asks for the same.
+                    let _ = super::realtime::raise_current_thread(priority);
+                    run(&shared, epoch)
+                }
             })?;
         Ok(Receiver {
             shared,
@@ -317,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_discard_registration_drains_its_socket_and_leaves_on_drop() {
-        let rx = Receiver::start(Instant::now()).expect("start");
+        let rx = Receiver::start(Instant::now(), 0).expect("start");
         let sock = socket();
         let addr = sock.local_addr().unwrap();
         let reg = rx.add_discard(sock.clone()).expect("register");
@@ -367,7 +372,7 @@ mod tests {
 
     #[test]
     fn stopping_joins_the_thread() {
-        let rx = Receiver::start(Instant::now()).expect("start");
+        let rx = Receiver::start(Instant::now(), 0).expect("start");
         let _reg = rx.add_discard(socket()).expect("register");
         drop(rx);
     }

@@ -275,7 +275,12 @@ pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartErro
         .limits
         .overload_threshold()
         .map(crate::media::overload::OverloadConfig::with_threshold);
-    let media = engine::spawn_watched(media_config(&cfg), overload, media_ev_tx);
+    let media = engine::spawn_watched(
+        media_config(&cfg),
+        overload,
+        cfg.rtp.realtime_priority,
+        media_ev_tx,
+    );
     metrics.attach_clock(media.lateness.clone());
     metrics.attach_srtp_drops(media.srtp_drops.clone());
     let ep = Endpoint::new(
