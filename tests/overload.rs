@@ -14,7 +14,7 @@ mod webclient;
 
 use common::{quick_flow, recv_response, RawClient, Resp, Server};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,25 +105,10 @@ fn invite(client: &RawClient, n: u32) -> Option<Resp> {
     None
 }
 
-fn speech() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/speech_ru_festival.wav")
-}
-
 /// A caller who goes to the voicemail at once (0), speaks and hangs up after
 /// `seconds`; what it hears is recorded to `heard`.
 fn voicemail_caller(server: &Server, seconds: u32, heard: &std::path::Path) -> Child {
-    Command::new(common::bin())
-        .arg("call")
-        .arg(format!("sip:hotline@{}", server.udp))
-        .args(["--hangup-after", &seconds.to_string(), "--dtmf", "0@0.5"])
-        .arg("--play")
-        .arg(speech())
-        .arg("--record")
-        .arg(heard)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("hotline call")
+    common::tls_phone::caller_with(server, heard, seconds, &["--dtmf", "0@0.5"])
 }
 
 #[test]

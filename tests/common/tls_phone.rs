@@ -86,10 +86,16 @@ impl Drop for TlsOperator {
 
 /// A caller playing the speech and recording what it hears to `heard`.
 pub fn caller(server: &Server, heard: &Path, hangup_after: u32) -> Child {
+    caller_with(server, heard, hangup_after, &[])
+}
+
+/// [`caller`] with more options of `hotline call` (e.g. `--dtmf`).
+pub fn caller_with(server: &Server, heard: &Path, hangup_after: u32, extra: &[&str]) -> Child {
     Command::new(bin())
         .arg("call")
         .arg(format!("sip:hotline@{}", server.udp))
         .args(["--hangup-after", &hangup_after.to_string()])
+        .args(extra)
         .arg("--play")
         .arg(speech())
         .arg("--record")
