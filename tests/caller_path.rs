@@ -257,22 +257,9 @@ fn a_caller_who_presses_nothing_joins_the_queue_when_paths_says() {
 /// Seconds into `samples` where a `hz` tone starts (five 20 ms frames in a row
 /// dominated by it).
 fn tone_onset(samples: &[i16], hz: f64) -> Option<f64> {
-    let n = 160;
-    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
     let tonal: Vec<bool> = samples
-        .chunks_exact(n)
-        .map(|frame| {
-            let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
-            for &x in frame {
-                let x = x as f64;
-                energy += x * x;
-                let s0 = x + k * s1 - s2;
-                s2 = s1;
-                s1 = s0;
-            }
-            let power = s1 * s1 + s2 * s2 - k * s1 * s2;
-            energy / n as f64 > 300.0 * 300.0 && power > 0.6 * energy * n as f64 / 2.0
-        })
+        .chunks_exact(160)
+        .map(|frame| common::tone_frame(frame, hz, 300.0))
         .collect();
     tonal
         .windows(5)

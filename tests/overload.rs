@@ -254,6 +254,18 @@ fn thread_scheduling(pid: u32, name: &str) -> Option<(i32, i32)> {
     None
 }
 
+/// [`thread_scheduling`] once the thread exists (up to 10 s after start).
+fn wait_thread_scheduling(pid: u32, name: &str) -> (i32, i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = thread_scheduling(pid, name) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no thread named {name}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_media_threads_run_at_the_configured_realtime_priority() {
     // Whether this machine lets us have the priority (root in a container may lack
@@ -267,16 +279,8 @@ fn the_media_threads_run_at_the_configured_realtime_priority() {
     .unwrap();
     let server = Server::start(&["rtp.realtime_priority=7"]);
     let pid = server.child.as_ref().unwrap().id();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (clock, receive) = loop {
-        let clock = thread_scheduling(pid, "hotline-clock");
-        let receive = thread_scheduling(pid, "hotline-rtp-rx");
-        if let (Some(c), Some(r)) = (clock, receive) {
-            break (c, r);
-        }
-        assert!(Instant::now() < deadline, "media threads not found");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let clock = wait_thread_scheduling(pid, "hotline-clock");
+    let receive = wait_thread_scheduling(pid, "hotline-rtp-rx");
     let workers = thread_scheduling(pid, "tokio-rt-worker").expect("a runtime worker");
     assert_eq!(
         workers.0,
@@ -295,14 +299,7 @@ fn the_media_threads_run_at_the_configured_realtime_priority() {
 
     let other = Server::start(&["rtp.realtime_priority=0"]);
     let pid = other.child.as_ref().unwrap().id();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let clock = loop {
-        if let Some(c) = thread_scheduling(pid, "hotline-clock") {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "clock thread not found");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let clock = wait_thread_scheduling(pid, "hotline-clock");
     assert_eq!(clock, (libc::SCHED_OTHER, 0), "0 means normal scheduling");
 }
 

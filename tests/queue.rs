@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    baresip_command, baresip_interface_args, free_udp_port, read_wav, require_tool, rms,
-    sipp_register, tone_seconds, write_tone, Server, SippPhone,
+    baresip_command, free_udp_port, read_wav, require_tool, rms, sipp_register, spawn_baresip,
+    tone_seconds, write_tone, Server, SippPhone,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -169,15 +169,7 @@ impl Operator {
             ),
         )
         .expect("accounts");
-        let child = Command::new("baresip")
-            .args(baresip_interface_args())
-            .arg("-f")
-            .arg(p)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(p.join("baresip.log")).expect("log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("baresip");
+        let child = spawn_baresip(p, &[]);
         Operator { child, dir, ctrl }
     }
 

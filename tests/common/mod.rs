@@ -609,27 +609,46 @@ pub fn write_tone(path: &Path, hz: f64, seconds: f64) {
     w.finalize().expect("finalize");
 }
 
+/// Whether a 20 ms frame is dominated by a `hz` tone (Goertzel) and louder than an
+/// RMS of `floor`.
+pub fn tone_frame(frame: &[i16], hz: f64, floor: f64) -> bool {
+    let n = frame.len() as f64;
+    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
+    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+    for &x in frame {
+        let x = x as f64;
+        energy += x * x;
+        let s0 = x + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+    // A pure tone's Goertzel power is energy * n / 2.
+    energy / n > floor * floor && power > 0.6 * energy * n / 2.0
+}
+
 /// Seconds of 20 ms frames in which `hz` carries most of the energy (Goertzel).
 pub fn tone_seconds(samples: &[i16], hz: f64) -> f64 {
-    let n = 160;
-    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
     let frames = samples
-        .chunks_exact(n)
-        .filter(|frame| {
-            let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
-            for &x in *frame {
-                let x = x as f64;
-                energy += x * x;
-                let s0 = x + k * s1 - s2;
-                s2 = s1;
-                s1 = s0;
-            }
-            let power = s1 * s1 + s2 * s2 - k * s1 * s2;
-            // A pure tone's Goertzel power is energy * n / 2.
-            energy / n as f64 > 100.0 * 100.0 && power > 0.6 * energy * n as f64 / 2.0
-        })
+        .chunks_exact(160)
+        .filter(|frame| tone_frame(frame, hz, 100.0))
         .count();
     frames as f64 * 0.02
+}
+
+/// baresip on the configuration in `dir` (its log to `dir/baresip.log`), with `extra`
+/// arguments.
+pub fn spawn_baresip(dir: &Path, extra: &[&str]) -> Child {
+    Command::new("baresip")
+        .args(baresip_interface_args())
+        .arg("-f")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("baresip.log")).expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("baresip")
 }
 
 pub fn rms(samples: &[i16]) -> f64 {

@@ -2,7 +2,7 @@
 //! once and sending a steady tone; and a caller that plays speech and records what it
 //! hears.
 
-use super::{baresip_interface_args, bin, free_udp_port, write_tone, Server};
+use super::{bin, free_udp_port, spawn_baresip, write_tone, Server};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,15 +60,7 @@ impl TlsOperator {
             ),
         )
         .expect("accounts");
-        let child = Command::new("baresip")
-            .args(baresip_interface_args())
-            .arg("-f")
-            .arg(p)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(p.join("baresip.log")).expect("log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("baresip");
+        let child = spawn_baresip(p, &[]);
         TlsOperator { child, dir, ctrl }
     }
 
