@@ -14,6 +14,7 @@
 #   KEEP=1 bench/ivr-load.sh 100                   # keep the data directory and logs
 #   NICE=-10 bench/ivr-load.sh 2000                # server and generator ahead of other
 #                                                  # work on a shared machine
+#   HOTLINE=/tmp/h bench/ivr-load.sh 1000          # measure another build of the server
 #
 # Callers wait in the queue (nobody is logged in, and
 # queue.voicemail_when_nobody_logged_in=false keeps them there); message callers
@@ -31,8 +32,9 @@ cleanup() {
     if [ -n "${KEEP:-}" ]; then echo "kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
+HOTLINE="${HOTLINE:-target/release/hotline}"
 cargo build --release --quiet --example loadgen
-cargo build --release --quiet
+[ "$HOTLINE" != target/release/hotline ] || cargo build --release --quiet
 
 settings=(
     --set 'sip.listen=["udp:127.0.0.1:0"]'
@@ -53,7 +55,7 @@ if [ -n "${NICE:-}" ]; then
     # the session's own nice orders it against other sessions' work.
     if [ -w /proc/self/autogroup ]; then echo "$NICE" >/proc/self/autogroup || true; fi
 fi
-"${prio[@]}" target/release/hotline serve "${settings[@]}" >"$work/server.out" 2>"$work/server.log" &
+"${prio[@]}" "$HOTLINE" serve "${settings[@]}" >"$work/server.out" 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 100); do
     grep -q "SIP listening on udp:" "$work/server.log" 2>/dev/null && break
@@ -63,7 +65,7 @@ addr="$(sed -n 's/.*SIP listening on udp:\([^ ]*\).*/\1/p' "$work/server.log" | 
 [ -n "$addr" ] || { echo "server did not start:"; cat "$work/server.log"; exit 1; }
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)${NICE:+, nice $NICE}"
-echo "server: target/release/hotline serve ${settings[*]}"
+echo "server: $HOTLINE serve ${settings[*]}"
 echo "generator: target/release/examples/loadgen $addr --calls $calls --server-pid $pid $*"
 "${prio[@]}" target/release/examples/loadgen "$addr" --calls "$calls" --server-pid "$pid" "$@" \
     >"$work/report" 2> >(tee "$work/progress" >&2) &
@@ -80,14 +82,15 @@ if [ -n "${PERF_DATA:-}" ]; then
         sleep 0.2
     done
     # shellcheck disable=SC2086
-    perf record ${PERF_ARGS:--g} -p "$pid" -o "$PERF_DATA" -- sleep "$duration" >/dev/null 2>&1 || true
+    # `-p PID -- sleep N` would profile the sleep; stop the attached recording instead.
+    timeout -s INT "$duration" perf record ${PERF_ARGS:--g} -p "$pid" -o "$PERF_DATA" >/dev/null 2>&1 || true
     echo "perf data of the window: $PERF_DATA"
 fi
 wait "$gen"
 cat "$work/report"
 
 echo "--- what the server stored"
-target/release/hotline calls --json --limit 1000000 "${settings[@]}" | python3 -c '
+"$HOTLINE" calls --json --limit 1000000 "${settings[@]}" | python3 -c '
 import json, sys, collections
 rows = json.load(sys.stdin)
 digits = collections.Counter(r["digits"] for r in rows)

@@ -223,7 +223,9 @@ fn serve(bridges: usize, first_port: u16, dir: PathBuf) {
         inband: InbandPolicy::Auto,
         latch: true,
     };
-    let media = rt.block_on(async { engine::spawn(cfg, tx) });
+    let media = rt
+        .block_on(async { engine::spawn(cfg, tx) })
+        .expect("media threads start");
     let mut stdout = std::io::stdout();
     let mut stdin = std::io::stdin().lock();
     let _ = writeln!(stdout, "idle");

@@ -161,7 +161,8 @@ pub async fn run(opts: CallOptions) -> anyhow::Result<CallSummary> {
             latch: true,
         },
         media_tx,
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the media threads: {e}"))?;
     let started = Instant::now();
     let mut ep = Endpoint::new(
         EndpointConfig {

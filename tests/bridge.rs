@@ -33,7 +33,7 @@ fn engine(ports: PortRange) -> (engine::MediaHandle, mpsc::UnboundedReceiver<Med
         inband: InbandPolicy::Auto,
         latch: false,
     };
-    (engine::spawn(cfg, tx), rx)
+    (engine::spawn(cfg, tx).expect("media threads start"), rx)
 }
 
 async fn event(
@@ -555,7 +555,8 @@ async fn rtp_timeout_ends_the_bridge_and_its_recording_once() {
             latch: false,
         },
         tx,
-    );
+    )
+    .expect("media threads start");
     let (stop_tx, stop_rx) = watch::channel(false);
     let _a = phone(
         &media,

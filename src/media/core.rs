@@ -30,6 +30,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// One media clock tick.
 pub const FRAME_MS: u64 = 20;
 
+/// A frame's packets do not leave in one burst: each leg sends in one of these
+/// slots, `FRAME_MS / SEND_SLOTS` ms apart, always the same one. With thousands of
+/// legs a burst takes most of the frame, and a packet late in it waits behind all
+/// the sends before it and inherits every variation in their cost; spread, each
+/// waits behind a slot's share only. It also spares the uplink a burst of a whole
+/// frame's packets every 20 ms.
+pub const SEND_SLOTS: usize = 20;
+
 /// What the call logic asks of a call's media.
 #[derive(Debug)]
 pub enum EngineCommand {
@@ -274,6 +282,8 @@ fn lock(leg: &Mutex<MediaLeg>) -> MutexGuard<'_, MediaLeg> {
 
 struct Leg {
     port: u16,
+    /// Where in the frame this leg sends (see `SEND_SLOTS`).
+    slot: usize,
     shared: LegHandle,
     send: bool,
     started: bool,
@@ -322,7 +332,9 @@ pub struct MediaCore {
     events: VecDeque<MediaEvent>,
     sink: VecDeque<SinkCommand>,
     ticks: u64,
-    /// The legs of the current tick (kept to avoid an allocation per tick).
+    /// The legs that send in each slot of a frame.
+    slots: [Vec<CallId>; SEND_SLOTS],
+    /// The legs of the current slot (kept to avoid an allocation per slot).
     tick_order: Vec<CallId>,
     srtp_drops: Arc<SrtpDrops>,
 }
@@ -341,6 +353,7 @@ impl MediaCore {
             events: VecDeque::new(),
             sink: VecDeque::new(),
             ticks: 0,
+            slots: std::array::from_fn(|_| Vec::new()),
             tick_order: Vec::new(),
             srtp_drops: Arc::new(SrtpDrops::default()),
         }
@@ -392,10 +405,16 @@ impl MediaCore {
             crypto: None,
             call,
         }));
-        self.legs.insert(
+        // The emptiest slot, so that each slot's share of the sending stays even.
+        let slot = (0..SEND_SLOTS)
+            .min_by_key(|&s| self.slots[s].len())
+            .unwrap_or(0);
+        self.slots[slot].push(call);
+        let replaced = self.legs.insert(
             call,
             Leg {
                 port,
+                slot,
                 shared: shared.clone(),
                 send: false,
                 started: false,
@@ -403,6 +422,10 @@ impl MediaCore {
                 recording: None,
             },
         );
+        if let Some(old) = replaced {
+            self.leave_slot(call, old.slot);
+            self.pool.give_back(old.port);
+        }
         self.events.push_back(MediaEvent::Allocated { call, port });
         shared
     }
@@ -480,6 +503,7 @@ impl MediaCore {
                 self.collect_leg(call);
                 if let Some(leg) = self.legs.remove(&call) {
                     self.pool.give_back(leg.port);
+                    self.leave_slot(call, leg.slot);
                 }
                 release_spare(&mut self.legs);
                 release_spare(&mut self.recordings);
@@ -781,19 +805,36 @@ impl MediaCore {
         }
     }
 
-    /// One 20 ms tick at `now_ms`: every started leg's next packet goes to `send`
-    /// (leg, destination, bytes), bridges move audio between their legs, recordings'
-    /// audio goes to the sink, and silent legs time out.
+    /// One whole 20 ms frame at `now_ms`, every slot at once: every started leg's
+    /// next packet goes to `send` (leg, destination, bytes), bridges move audio
+    /// between their legs, recordings' audio goes to the sink, and silent legs time
+    /// out. The engine runs the slots of a frame spread over it (`tick_slot`).
     pub fn tick(&mut self, now_ms: u64, send: &mut dyn FnMut(CallId, SocketAddr, &[u8])) {
-        self.ticks += 1;
+        for slot in 0..SEND_SLOTS {
+            self.tick_slot(slot, now_ms, send);
+        }
+    }
+
+    /// Slot `slot` (0..`SEND_SLOTS`) of a frame at `now_ms`: the next packet of each
+    /// started leg in the slot goes to `send`. Slot 0 also does the frame's own work
+    /// (bridges, their recordings, silence timeouts) before its legs, so every leg
+    /// of a bridge sends what the bridge made of the frame.
+    pub fn tick_slot(
+        &mut self,
+        slot: usize,
+        now_ms: u64,
+        send: &mut dyn FnMut(CallId, SocketAddr, &[u8]),
+    ) {
+        if slot == 0 {
+            self.begin_frame(now_ms);
+        }
         // Room for the SRTP tag behind the longest RTP packet.
         let mut buf = [0u8; MAX_PACKET + TAG_LEN];
-        for b in self.bridges.iter_mut() {
-            tick_bridge(b, &self.legs);
-        }
         let mut order = std::mem::take(&mut self.tick_order);
         order.clear();
-        order.extend(self.legs.keys().copied());
+        if let Some(members) = self.slots.get(slot) {
+            order.extend_from_slice(members);
+        }
         for &call in &order {
             let Some(leg) = self.legs.get(&call) else {
                 continue;
@@ -821,6 +862,18 @@ impl MediaCore {
             self.collect_leg(call);
         }
         self.tick_order = order;
+    }
+
+    /// Whether `slot` has legs to tick (slot 0 always has the frame's own work).
+    pub fn slot_is_busy(&self, slot: usize) -> bool {
+        slot == 0 || self.slots.get(slot).is_some_and(|m| !m.is_empty())
+    }
+
+    fn begin_frame(&mut self, now_ms: u64) {
+        self.ticks += 1;
+        for b in self.bridges.iter_mut() {
+            tick_bridge(b, &self.legs);
+        }
         for b in self.bridges.iter_mut() {
             let Some(id) = b.recording else { continue };
             let tick = b.core.last_tick();
@@ -838,6 +891,14 @@ impl MediaCore {
         }
         if self.ticks.is_multiple_of(50) && !self.cfg.rtp_timeout.is_zero() {
             self.check_rtp_timeouts(now_ms);
+        }
+    }
+
+    fn leave_slot(&mut self, call: CallId, slot: usize) {
+        if let Some(members) = self.slots.get_mut(slot) {
+            if let Some(i) = members.iter().position(|&c| c == call) {
+                members.swap_remove(i);
+            }
         }
     }
 
@@ -940,6 +1001,53 @@ mod tests {
             }),
             0,
         );
+    }
+
+    #[test]
+    fn legs_send_once_a_frame_in_their_own_slot_and_new_legs_fill_the_emptiest() {
+        let mut c = core();
+        let remote = |call: CallId| SocketAddr::from(([127, 0, 0, 1], 40000 + 2 * call as u16));
+        for call in 1..=41 {
+            start(&mut c, call, remote(call));
+        }
+        let frame = |c: &mut MediaCore| -> Vec<Vec<CallId>> {
+            (0..SEND_SLOTS)
+                .map(|slot| {
+                    let mut sent = Vec::new();
+                    c.tick_slot(slot, 0, &mut |call, to, _| {
+                        assert_eq!(to, remote(call));
+                        sent.push(call);
+                    });
+                    sent
+                })
+                .collect()
+        };
+        let first = frame(&mut c);
+        let mut sizes: Vec<usize> = first.iter().map(Vec::len).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes[..SEND_SLOTS - 1], [2; SEND_SLOTS - 1], "{first:?}");
+        assert_eq!(sizes[SEND_SLOTS - 1], 3, "41 legs over 20 slots: {first:?}");
+        let mut every = first.concat();
+        every.sort_unstable();
+        assert_eq!(every, (1..=41).collect::<Vec<_>>(), "each leg once a frame");
+        for _ in 0..3 {
+            assert_eq!(frame(&mut c), first, "a leg keeps its slot");
+        }
+        let emptied = 7;
+        for &call in &first[emptied] {
+            c.handle_command(EngineCommand::Sip(MediaCommand::Stop { call }), 0);
+        }
+        start(&mut c, 100, remote(100));
+        start(&mut c, 101, remote(101));
+        let after = frame(&mut c);
+        let mut refilled = after[emptied].clone();
+        refilled.sort_unstable();
+        assert_eq!(refilled, [100, 101]);
+        assert_eq!(after.concat().len(), 41);
+        // The whole frame at once is the same sends.
+        let mut whole = Vec::new();
+        c.tick(0, &mut |call, _, _| whole.push(call));
+        assert_eq!(whole, after.concat());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! `overload` whether it is too late to take new calls. Recordings are written by the sink's own thread:
 //! nothing here waits for a disk.
 
-pub use super::core::{EngineCommand, InbandPolicy, MediaConfig, FRAME_MS};
+pub use super::core::{EngineCommand, InbandPolicy, MediaConfig, FRAME_MS, SEND_SLOTS};
 use super::core::{MediaCore, SinkResult};
 use super::overload::{OverloadConfig, OverloadDetector, Transition};
 use super::pacing::FramePacer;
@@ -21,10 +21,10 @@ use crate::capacity::release_spare;
 use rand::SeedableRng;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 pub const FRAME: Duration = Duration::from_millis(FRAME_MS);
 
@@ -36,7 +36,7 @@ struct LegIo {
 }
 
 pub struct MediaHandle {
-    pub commands: mpsc::UnboundedSender<EngineCommand>,
+    pub commands: std_mpsc::Sender<EngineCommand>,
     /// How late the clock woke for each tick, for the metrics endpoint.
     pub lateness: Arc<ClockLateness>,
     /// SRTP packets every leg dropped, for the metrics endpoint.
@@ -108,48 +108,58 @@ impl MediaHandle {
     }
 }
 
-pub fn spawn(cfg: MediaConfig, events: mpsc::UnboundedSender<MediaEvent>) -> MediaHandle {
+pub fn spawn(
+    cfg: MediaConfig,
+    events: mpsc::UnboundedSender<MediaEvent>,
+) -> std::io::Result<MediaHandle> {
     spawn_watched(cfg, None, 0, events)
 }
 
 /// [`spawn`] with the clock watched for overload (`ClockLateness::overloaded` says
 /// when new calls should be refused) and the media threads at real-time
-/// `priority` (`media::realtime`; 0: normal scheduling).
+/// `priority` (`media::realtime`; 0: normal scheduling). Fails when a media thread
+/// cannot be started: a server without media must not take calls.
 pub fn spawn_watched(
     cfg: MediaConfig,
     overload: Option<OverloadConfig>,
     priority: u8,
     events: mpsc::UnboundedSender<MediaEvent>,
-) -> MediaHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
+) -> std::io::Result<MediaHandle> {
+    let (tx, rx) = std_mpsc::channel();
     let lateness = Arc::new(ClockLateness::default());
     let detector = overload.map(OverloadDetector::new);
     let core = MediaCore::new(cfg, &mut rand::rngs::StdRng::from_entropy());
     let srtp_drops = core.srtp_drops();
-    let clock_lateness = lateness.clone();
+    let (results_tx, results) = std_mpsc::channel::<SinkResult>();
+    let sink = RecordingSink::spawn(move |r| {
+        let _ = results_tx.send(r);
+    })?;
+    let epoch = Instant::now();
+    let receiver = Receiver::start(epoch, priority)?;
+    let clock = Clock {
+        core,
+        commands: rx,
+        results,
+        sink,
+        receiver,
+        events,
+        lateness: lateness.clone(),
+        detector,
+        epoch,
+    };
     // The clock has a thread of its own, so that it can be scheduled ahead of the
     // signalling and never waits behind a SIP burst on the runtime's workers.
-    let started = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("hotline-clock".into())
         .spawn(move || {
             raise_media_thread(priority);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .on_thread_park(collect_freed_memory_each_second)
-                .build();
-            match rt {
-                Ok(rt) => rt.block_on(run(core, rx, events, clock_lateness, detector, priority)),
-                Err(e) => tracing::error!("cannot start the media clock: {e}"),
-            }
-        });
-    if let Err(e) = started {
-        tracing::error!("cannot start the media clock thread: {e}");
-    }
-    MediaHandle {
+            clock.run();
+        })?;
+    Ok(MediaHandle {
         commands: tx,
         lateness,
         srtp_drops,
-    }
+    })
 }
 
 /// [`crate::capacity::collect_freed_memory`] at most once a second per thread:
@@ -200,81 +210,142 @@ fn millis(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-async fn run(
-    mut core: MediaCore,
-    mut commands: mpsc::UnboundedReceiver<EngineCommand>,
+/// Time between two send slots of a frame.
+const SLOT_SPACING: Duration = Duration::from_micros(FRAME_MS * 1000 / SEND_SLOTS as u64);
+
+/// The clock thread: commands from the call logic, the sink's answers, and the
+/// frames with their send slots, each at its time.
+///
+/// A plain thread waiting on its command channel with a deadline rather than a
+/// tokio runtime: tokio's timer has millisecond granularity, which would move each
+/// slot by up to a millisecond; this wakes within microseconds of the slot (the
+/// thread's timer slack is zero at real-time priority).
+struct Clock {
+    core: MediaCore,
+    commands: std_mpsc::Receiver<EngineCommand>,
+    results: std_mpsc::Receiver<SinkResult>,
+    sink: RecordingSink,
+    receiver: Receiver,
     events: mpsc::UnboundedSender<MediaEvent>,
     lateness: Arc<ClockLateness>,
-    mut detector: Option<OverloadDetector>,
-    priority: u8,
-) {
-    let mut io: HashMap<CallId, LegIo> = HashMap::new();
-    let (results_tx, mut results) = mpsc::unbounded_channel::<SinkResult>();
-    let sink = match RecordingSink::spawn(move |r| {
-        let _ = results_tx.send(r);
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot start the recording sink: {e}");
-            return;
-        }
-    };
-    let epoch = Instant::now();
-    let receiver = match Receiver::start(epoch.into_std(), priority) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start the RTP receive thread: {e}");
-            return;
-        }
-    };
-    // Frames are due at fixed offsets from `epoch` (no drift); after a late wake the
-    // pacer spreads or skips what is owed instead of bursting it.
-    let mut pacer = FramePacer::new();
-    let clock = tokio::time::sleep_until(epoch);
-    tokio::pin!(clock);
-    loop {
-        tokio::select! {
-            cmd = commands.recv() => {
-                let Some(cmd) = cmd else { break };
-                let now_ms = millis(epoch);
-                command(&mut core, &mut io, &receiver, cmd, now_ms, epoch);
-                // A burst of hang-ups or call set-ups is taken at once, not one per
-                // wake between ticks: a stopped leg must not keep sending.
-                for _ in 0..COMMAND_BATCH {
-                    match commands.try_recv() {
-                        Ok(cmd) => command(&mut core, &mut io, &receiver, cmd, now_ms, epoch),
-                        Err(_) => break,
+    detector: Option<OverloadDetector>,
+    epoch: Instant,
+}
+
+/// The frame whose slots are being sent.
+#[derive(Debug, Clone, Copy)]
+struct FrameInProgress {
+    /// When the frame was due, from the epoch.
+    due: Duration,
+    /// The next slot to send.
+    slot: usize,
+}
+
+impl Clock {
+    fn run(mut self) {
+        let mut io: HashMap<CallId, LegIo> = HashMap::new();
+        // Frames are due at fixed offsets from `epoch` (no drift); after a late wake the
+        // pacer spreads or skips what is owed instead of bursting it.
+        let mut pacer = FramePacer::new();
+        let mut next_frame = Duration::ZERO;
+        let mut frame: Option<FrameInProgress> = None;
+        loop {
+            // Commands first: a stopped leg must not send again, and a burst of
+            // set-ups or hang-ups is taken at once.
+            for _ in 0..COMMAND_BATCH {
+                match self.commands.try_recv() {
+                    Ok(cmd) => self.command(&mut io, cmd),
+                    Err(std_mpsc::TryRecvError::Empty) => break,
+                    Err(std_mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            while let Ok(result) = self.results.try_recv() {
+                self.core.on_sink_result(result);
+            }
+            self.hand_over();
+            let next = match frame {
+                Some(f) => f.due + SLOT_SPACING * f.slot as u32,
+                None => next_frame,
+            };
+            let now = self.epoch.elapsed();
+            if now < next {
+                collect_freed_memory_each_second();
+                match self.commands.recv_timeout(next - now) {
+                    Ok(cmd) => {
+                        self.command(&mut io, cmd);
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            match frame {
+                Some(f) => {
+                    self.core
+                        .tick_slot(f.slot, millis(self.epoch), &mut |call, remote, packet| {
+                            if let Some(leg) = io.get(&call) {
+                                // Unreachable or full: the packet is lost like any UDP packet.
+                                let _ = leg.socket.send_to(packet, remote);
+                            }
+                        });
+                    // Empty slots are not waited for.
+                    frame = (f.slot + 1..SEND_SLOTS)
+                        .find(|&s| self.core.slot_is_busy(s))
+                        .map(|slot| FrameInProgress { slot, ..f });
+                }
+                None => {
+                    let plan = pacer.poll(self.epoch.elapsed());
+                    next_frame = plan.wake_at;
+                    if plan.send {
+                        self.lateness.observe(plan.late);
+                        if let Some(d) = self.detector.as_mut() {
+                            if let Some(change) = d.observe(millis(self.epoch), plan.late) {
+                                overload_changed(&self.lateness, change, d.threshold());
+                            }
+                        }
+                        if plan.skip > 0 {
+                            self.core.skip_frames(plan.skip);
+                        }
+                        frame = Some(FrameInProgress {
+                            due: plan.due,
+                            slot: 0,
+                        });
                     }
                 }
             }
-            Some(result) = results.recv() => core.on_sink_result(result),
-            () = &mut clock => {
-                let plan = pacer.poll(epoch.elapsed());
-                clock.as_mut().reset(epoch + plan.wake_at);
-                if plan.send {
-                    lateness.observe(plan.late);
-                    if let Some(d) = detector.as_mut() {
-                        if let Some(change) = d.observe(millis(epoch), plan.late) {
-                            overload_changed(&lateness, change, d.threshold());
-                        }
-                    }
-                    if plan.skip > 0 {
-                        core.skip_frames(plan.skip);
-                    }
-                    core.tick(millis(epoch), &mut |call, remote, packet| {
-                        if let Some(leg) = io.get(&call) {
-                            // Unreachable or full: the packet is lost like any UDP packet.
-                            let _ = leg.socket.send_to(packet, remote);
-                        }
-                    });
-                }
+        }
+    }
+
+    /// What the core has for the sink and for the call logic.
+    fn hand_over(&mut self) {
+        while let Some(cmd) = self.core.poll_sink() {
+            self.sink.send(cmd);
+        }
+        while let Some(ev) = self.core.poll_event() {
+            let _ = self.events.send(ev);
+        }
+    }
+
+    fn command(&mut self, io: &mut HashMap<CallId, LegIo>, cmd: EngineCommand) {
+        let now_ms = millis(self.epoch);
+        match cmd {
+            EngineCommand::Sip(MediaCommand::Allocate { call, local_ip }) => {
+                allocate(
+                    &mut self.core,
+                    io,
+                    &self.receiver,
+                    call,
+                    local_ip,
+                    self.epoch,
+                );
             }
-        }
-        while let Some(cmd) = core.poll_sink() {
-            sink.send(cmd);
-        }
-        while let Some(ev) = core.poll_event() {
-            let _ = events.send(ev);
+            EngineCommand::Sip(MediaCommand::Stop { call }) => {
+                io.remove(&call);
+                release_spare(io);
+                self.core
+                    .handle_command(EngineCommand::Sip(MediaCommand::Stop { call }), now_ms);
+            }
+            other => self.core.handle_command(other, now_ms),
         }
     }
 }
@@ -306,27 +377,6 @@ fn overload_changed(lateness: &ClockLateness, change: Transition, threshold: Dur
 
 /// Commands handled per wake before the clock gets its turn.
 const COMMAND_BATCH: usize = 4096;
-
-fn command(
-    core: &mut MediaCore,
-    io: &mut HashMap<CallId, LegIo>,
-    receiver: &Receiver,
-    cmd: EngineCommand,
-    now_ms: u64,
-    epoch: Instant,
-) {
-    match cmd {
-        EngineCommand::Sip(MediaCommand::Allocate { call, local_ip }) => {
-            allocate(core, io, receiver, call, local_ip, epoch);
-        }
-        EngineCommand::Sip(MediaCommand::Stop { call }) => {
-            io.remove(&call);
-            release_spare(io);
-            core.handle_command(EngineCommand::Sip(MediaCommand::Stop { call }), now_ms);
-        }
-        other => core.handle_command(other, now_ms),
-    }
-}
 
 fn allocate(
     core: &mut MediaCore,

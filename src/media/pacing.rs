@@ -38,6 +38,9 @@ pub struct Plan {
     /// How far behind the schedule the clock was at this wake: the oldest owed
     /// frame's lateness (zero when nothing was owed).
     pub late: Duration,
+    /// When the frame sent at this wake was due, from the clock's start: its send
+    /// slots are due from there (`core::SEND_SLOTS`).
+    pub due: Duration,
     /// When to wake next, from the clock's start.
     pub wake_at: Duration,
 }
@@ -71,6 +74,7 @@ impl FramePacer {
                 send: false,
                 skip: 0,
                 late: Duration::ZERO,
+                due: Self::due(self.next),
                 wake_at: Self::due(self.next),
             };
         }
@@ -92,6 +96,7 @@ impl FramePacer {
             send: true,
             skip: skip.min(u32::MAX as u64) as u32,
             late,
+            due: Self::due(self.next - 1),
             wake_at,
         }
     }
@@ -133,6 +138,19 @@ mod tests {
             at = plan.wake_at;
         }
         out
+    }
+
+    #[test]
+    fn a_plan_says_when_the_frame_it_sends_was_due() {
+        let mut p = FramePacer::new();
+        let plan = p.poll(Duration::ZERO);
+        assert_eq!((plan.send, plan.due), (true, Duration::ZERO));
+        let plan = p.poll(25 * MS);
+        assert_eq!((plan.send, plan.due, plan.late), (true, 20 * MS, 5 * MS));
+        // Far behind: the skipped frames are jumped over, and the frame sent is the
+        // one due now, so its send slots are not all overdue.
+        let plan = p.poll(200 * MS);
+        assert_eq!((plan.send, plan.skip, plan.due), (true, 8, 200 * MS));
     }
 
     #[test]

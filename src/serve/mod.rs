@@ -280,7 +280,8 @@ pub async fn run(mut cfg: Config, options: ServeOptions) -> Result<(), StartErro
         overload,
         cfg.rtp.realtime_priority,
         media_ev_tx,
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the media threads: {e}"))?;
     metrics.attach_clock(media.lateness.clone());
     metrics.attach_srtp_drops(media.srtp_drops.clone());
     let ep = Endpoint::new(
