@@ -78,6 +78,33 @@ request_route {{
     )
 }
 
+/// Whether a SIP server on 127.0.0.1:`port` answers an OPTIONS over TCP within 1 s.
+fn answers_options_over_tcp(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let local = stream.local_addr().expect("local address");
+    let options = format!(
+        "OPTIONS sip:127.0.0.1:{port};transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {local};branch=z9hG4bK-ready-{}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@127.0.0.1>;tag=ready\r\n\
+         To: <sip:127.0.0.1:{port}>\r\n\
+         Call-ID: ready-{}@127.0.0.1\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        local.port(),
+        local.port()
+    );
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(options.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"SIP/2.0 "))
+}
+
 impl Kamailio {
     fn start(port: u16, password: &str, algorithm: &str) -> Kamailio {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -118,9 +145,10 @@ impl Kamailio {
             .spawn()
             .expect("start kamailio");
         self.child = Some(child);
-        // Listening once a TCP connection is accepted.
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // Ready once it answers over TCP: an accepted connection alone can come before
+        // the TCP workers read, and a REGISTER sent then waits for Timer F.
+        let until = Instant::now() + Duration::from_secs(20);
+        while !answers_options_over_tcp(self.port) {
             assert!(
                 Instant::now() < until,
                 "kamailio did not start:\n{}",
