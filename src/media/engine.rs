@@ -20,9 +20,9 @@ use crate::call::{CallId, MediaCommand, MediaEvent};
 use crate::capacity::release_spare;
 use rand::SeedableRng;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -36,7 +36,7 @@ struct LegIo {
 }
 
 pub struct MediaHandle {
-    pub commands: std_mpsc::Sender<EngineCommand>,
+    inbox: Arc<Inbox>,
     /// How late the clock woke for each tick, for the metrics endpoint.
     pub lateness: Arc<ClockLateness>,
     /// SRTP packets every leg dropped, for the metrics endpoint.
@@ -104,7 +104,7 @@ impl ClockLateness {
 
 impl MediaHandle {
     pub fn send(&self, cmd: EngineCommand) {
-        let _ = self.commands.send(cmd);
+        self.inbox.push(ClockInput::Command(cmd));
     }
 }
 
@@ -125,21 +125,18 @@ pub fn spawn_watched(
     priority: u8,
     events: mpsc::UnboundedSender<MediaEvent>,
 ) -> std::io::Result<MediaHandle> {
-    let (tx, rx) = std_mpsc::channel();
+    let inbox = Arc::new(Inbox::default());
     let lateness = Arc::new(ClockLateness::default());
     let detector = overload.map(OverloadDetector::new);
     let core = MediaCore::new(cfg, &mut rand::rngs::StdRng::from_entropy());
     let srtp_drops = core.srtp_drops();
-    let (results_tx, results) = std_mpsc::channel::<SinkResult>();
-    let sink = RecordingSink::spawn(move |r| {
-        let _ = results_tx.send(r);
-    })?;
+    let results = inbox.clone();
+    let sink = RecordingSink::spawn(move |r| results.push(ClockInput::Sink(r)))?;
     let epoch = Instant::now();
     let receiver = Receiver::start(epoch, priority)?;
     let clock = Clock {
         core,
-        commands: rx,
-        results,
+        inbox: inbox.clone(),
         sink,
         receiver,
         events,
@@ -156,7 +153,7 @@ pub fn spawn_watched(
             clock.run();
         })?;
     Ok(MediaHandle {
-        commands: tx,
+        inbox,
         lateness,
         srtp_drops,
     })
@@ -213,17 +210,79 @@ fn millis(epoch: Instant) -> u64 {
 /// Time between two send slots of a frame.
 const SLOT_SPACING: Duration = Duration::from_micros(FRAME_MS * 1000 / SEND_SLOTS as u64);
 
+/// What the clock thread is told: the call logic's commands and the sink's answers.
+enum ClockInput {
+    Command(EngineCommand),
+    Sink(SinkResult),
+}
+
+/// The clock's inbox: a mutex and a condition variable, not `std::sync::mpsc`. That
+/// channel's receiver spins, yielding, while a sender is half-way through a write;
+/// at real-time priority the spin keeps a preempted normal-priority sender off its
+/// core, and a 10-minute soak showed the clock stalled 90-114 ms twice. A waiter
+/// here sleeps on the lock instead, and the sender runs.
+#[derive(Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct InboxState {
+    items: VecDeque<ClockInput>,
+    /// The media handle is gone: the clock stops once the rest is taken.
+    closed: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, input: ClockInput) {
+        self.lock().items.push_back(input);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Moves up to `max` queued inputs to `into`, without waiting; false once closed
+    /// and nothing is left.
+    fn take(&self, max: usize, into: &mut VecDeque<ClockInput>) -> bool {
+        let mut state = self.lock();
+        let n = state.items.len().min(max);
+        into.extend(state.items.drain(..n));
+        !(state.closed && state.items.is_empty())
+    }
+
+    /// Waits until something is queued, the inbox is closed, or `timeout` passed.
+    fn wait(&self, timeout: Duration) {
+        let state = self.lock();
+        if state.items.is_empty() && !state.closed {
+            let _ = self.ready.wait_timeout(state, timeout);
+        }
+    }
+}
+
+impl Drop for MediaHandle {
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
+}
+
 /// The clock thread: commands from the call logic, the sink's answers, and the
 /// frames with their send slots, each at its time.
 ///
-/// A plain thread waiting on its command channel with a deadline rather than a
-/// tokio runtime: tokio's timer has millisecond granularity, which would move each
-/// slot by up to a millisecond; this wakes within microseconds of the slot (the
+/// A plain thread waiting on its inbox with a deadline rather than a tokio
+/// runtime: tokio's timer has millisecond granularity, which would move each slot
+/// by up to a millisecond; this wakes within microseconds of the slot (the
 /// thread's timer slack is zero at real-time priority).
 struct Clock {
     core: MediaCore,
-    commands: std_mpsc::Receiver<EngineCommand>,
-    results: std_mpsc::Receiver<SinkResult>,
+    inbox: Arc<Inbox>,
     sink: RecordingSink,
     receiver: Receiver,
     events: mpsc::UnboundedSender<MediaEvent>,
@@ -249,18 +308,19 @@ impl Clock {
         let mut pacer = FramePacer::new();
         let mut next_frame = Duration::ZERO;
         let mut frame: Option<FrameInProgress> = None;
+        let mut taken = VecDeque::new();
         loop {
             // Commands first: a stopped leg must not send again, and a burst of
             // set-ups or hang-ups is taken at once.
-            for _ in 0..COMMAND_BATCH {
-                match self.commands.try_recv() {
-                    Ok(cmd) => self.command(&mut io, cmd),
-                    Err(std_mpsc::TryRecvError::Empty) => break,
-                    Err(std_mpsc::TryRecvError::Disconnected) => return,
+            let open = self.inbox.take(COMMAND_BATCH, &mut taken);
+            for input in taken.drain(..) {
+                match input {
+                    ClockInput::Command(cmd) => self.command(&mut io, cmd),
+                    ClockInput::Sink(result) => self.core.on_sink_result(result),
                 }
             }
-            while let Ok(result) = self.results.try_recv() {
-                self.core.on_sink_result(result);
+            if !open {
+                return;
             }
             self.hand_over();
             let next = match frame {
@@ -270,14 +330,8 @@ impl Clock {
             let now = self.epoch.elapsed();
             if now < next {
                 collect_freed_memory_each_second();
-                match self.commands.recv_timeout(next - now) {
-                    Ok(cmd) => {
-                        self.command(&mut io, cmd);
-                        continue;
-                    }
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-                }
+                self.inbox.wait(next - now);
+                continue;
             }
             match frame {
                 Some(f) => {
@@ -426,6 +480,41 @@ fn allocate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stop(call: CallId) -> ClockInput {
+        ClockInput::Command(EngineCommand::Sip(MediaCommand::Stop { call }))
+    }
+
+    #[test]
+    fn the_inbox_wakes_its_waiter_and_ends_once_closed_and_empty() {
+        let inbox = Arc::new(Inbox::default());
+        let pusher = {
+            let inbox = inbox.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                inbox.push(stop(1));
+            })
+        };
+        let t = Instant::now();
+        inbox.wait(Duration::from_secs(30));
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "a push ends the wait"
+        );
+        pusher.join().unwrap();
+        for call in 2..=4 {
+            inbox.push(stop(call));
+        }
+        inbox.close();
+        let mut taken = VecDeque::new();
+        assert!(inbox.take(2, &mut taken), "closed, but not empty yet");
+        assert_eq!(taken.len(), 2);
+        assert!(!inbox.take(10, &mut taken), "closed and now empty");
+        assert_eq!(taken.len(), 4);
+        let t = Instant::now();
+        inbox.wait(Duration::from_secs(30));
+        assert!(t.elapsed() < Duration::from_secs(15), "closed: no wait");
+    }
 
     #[test]
     fn lateness_buckets() {
