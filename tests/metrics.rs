@@ -162,7 +162,7 @@ fn prometheus_sees_a_call_come_and_go() {
     let server = Server::start(&[
         "metrics.listen=\"127.0.0.1:0\"",
         "privacy.caller_id=keep",
-        "rtp.ports=\"32000-32999\"",
+        "rtp.ports=\"34000-34999\"",
         "limits.max_calls=100",
     ]);
     let target = server.metrics.expect("metrics address printed");

@@ -255,17 +255,31 @@ fn split_legs(packets: Vec<(SocketAddr, SocketAddr, Vec<u8>)>, first: u16, last:
         if payload.len() < 12 || payload[0] >> 6 != 2 {
             continue;
         }
+        assert!(
+            !(ours(&src) && ours(&dst)),
+            "a peer's RTP port {src} -> {dst} is in the server's range: the capture cannot tell the legs apart"
+        );
         if ours(&dst) {
             by_port.entry(dst.port()).or_default().0.push(payload);
         } else if ours(&src) {
             by_port.entry(src.port()).or_default().1.push(payload);
         }
     }
+    let counts: Vec<(u16, usize, usize)> = by_port
+        .iter()
+        .filter(|(_, (i, o))| i.len() + o.len() > 20)
+        .map(|(port, (i, o))| (*port, i.len(), o.len()))
+        .collect();
+    eprintln!("capture: (server port, packets in, out): {counts:?}");
     let mut legs: Vec<(u16, PortTraffic)> = by_port
         .into_iter()
         .filter(|(_, (i, o))| i.len() > 100 && o.len() > 100)
         .collect();
-    assert_eq!(legs.len(), 2, "two legs with media in the capture");
+    assert_eq!(
+        legs.len(),
+        2,
+        "two legs with media in the capture; (server port, packets in, out): {counts:?}"
+    );
     let (windows, _, _) = speech_windows();
     // The caller's leg is the one on which the caller's speech arrives.
     legs.sort_by_key(|(_, (i, _))| {

@@ -44,8 +44,10 @@ impl TlsOperator {
         std::fs::create_dir_all(p.join("snd")).expect("snd");
         let ctrl = free_udp_port();
         let sip = free_udp_port();
+        // Its RTP port outside every server's range in the tests: a capture that
+        // tells the server's legs by port must not find the peer's port in it too.
         let config = format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nsip_cafile {ca}\naudio_player aufile,{d}/play.wav\naudio_source aufile,{d}/src.wav\naudio_alert aufile,{d}/alert.wav\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule sndfile.so\nmodule srtp.so\nsnd_path {d}/snd\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n",
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nsip_cafile {ca}\naudio_player aufile,{d}/play.wav\naudio_source aufile,{d}/src.wav\naudio_alert aufile,{d}/alert.wav\nrtp_ports 40000-40999\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule sndfile.so\nmodule srtp.so\nsnd_path {d}/snd\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\n",
             ca = ca.display(),
             d = p.display()
         );
