@@ -14,6 +14,7 @@
 #   KEEP=1 bench/ivr-load.sh 100                   # keep the data directory and logs
 #   NICE=-10 bench/ivr-load.sh 2000                # server and generator ahead of other
 #                                                  # work on a shared machine
+#   CPU_WAKE_US=0 bench/ivr-load.sh 2000           # idle CPUs poll (see bench/cpu-wake.sh)
 #   HOTLINE=/tmp/h bench/ivr-load.sh 1000          # measure another build of the server
 #
 # Callers wait in the queue (nobody is logged in, and
@@ -21,6 +22,9 @@
 # leave it with the queue's voicemail key 1 and record until after the window.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/cpu-wake.sh
+. bench/cpu-wake.sh
+hold_cpu_wake_latency
 calls="${1:-500}"
 shift || true
 # Two sockets per call on the server; raise the soft limit as far as allowed.
@@ -64,7 +68,7 @@ done
 addr="$(sed -n 's/.*SIP listening on udp:\([^ ]*\).*/\1/p' "$work/server.log" | head -1)"
 [ -n "$addr" ] || { echo "server did not start:"; cat "$work/server.log"; exit 1; }
 
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)${NICE:+, nice $NICE}"
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)${NICE:+, nice $NICE}${cpu_wake_note:-}"
 echo "server: $HOTLINE serve ${settings[*]}"
 echo "generator: target/release/examples/loadgen $addr --calls $calls --server-pid $pid $*"
 "${prio[@]}" target/release/examples/loadgen "$addr" --calls "$calls" --server-pid "$pid" "$@" \

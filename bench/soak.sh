@@ -10,11 +10,15 @@
 #   bench/soak.sh                      # 200 calls, 30 minutes
 #   CALLS=50 MINUTES=3 bench/soak.sh   # a short check of the script
 #   NICE=-10 bench/soak.sh             # ahead of other work on a shared machine
+#   CPU_WAKE_US=0 bench/soak.sh        # idle CPUs poll (see bench/cpu-wake.sh)
 #   HOTLINE=/path/to/hotline bench/soak.sh   # another build of the server
 #   NO_BUILD=1 bench/soak.sh           # use the binaries as they are
 #   PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 bench/soak.sh   # another allocator
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/cpu-wake.sh
+. bench/cpu-wake.sh
+hold_cpu_wake_latency
 CALLS="${CALLS:-200}"
 MINUTES="${MINUTES:-30}"
 WARMUP="${WARMUP:-300}"
@@ -75,7 +79,7 @@ ss -Hlun 'sport = :5060' | grep -q . || { echo "server did not start:"; cat "$wo
 ) >"$work/samples" &
 sampler=$!
 
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)${NICE:+, nice $NICE}"
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)${NICE:+, nice $NICE}${cpu_wake_note:-}"
 echo "server: ${PRELOAD:+LD_PRELOAD=$PRELOAD }$HOTLINE ($(sha1sum <"$HOTLINE" | cut -c1-12)) serve ${settings[*]}"
 args=(127.0.0.1:5060 --calls "$CALLS" --churn "$CHURN" --duration "$((MINUTES * 60))" --server-pid "$pid")
 echo "generator: target/release/examples/loadgen ${args[*]} $*"
