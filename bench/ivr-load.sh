@@ -15,6 +15,10 @@
 #   NICE=-10 bench/ivr-load.sh 2000                # server and generator ahead of other
 #                                                  # work on a shared machine
 #   CPU_WAKE_US=0 bench/ivr-load.sh 2000           # idle CPUs poll (see bench/cpu-wake.sh)
+#   GENERATOR_IDLE=1 bench/ivr-load.sh 2000        # the generator in the idle scheduling
+#                                                  # class (its timer probe stays normal): it
+#                                                  # stands for remote phones, so it yields
+#                                                  # the machine to everything it measures
 #   HOTLINE=/tmp/h bench/ivr-load.sh 1000          # measure another build of the server
 #
 # Callers wait in the queue (nobody is logged in, and
@@ -70,8 +74,10 @@ addr="$(sed -n 's/.*SIP listening on udp:\([^ ]*\).*/\1/p' "$work/server.log" | 
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)${NICE:+, nice $NICE}${cpu_wake_note:-}"
 echo "server: $HOTLINE serve ${settings[*]}"
-echo "generator: target/release/examples/loadgen $addr --calls $calls --server-pid $pid $*"
-"${prio[@]}" target/release/examples/loadgen "$addr" --calls "$calls" --server-pid "$pid" "$@" \
+gen_class=()
+[ -z "${GENERATOR_IDLE:-}" ] || gen_class=(chrt --idle 0)
+echo "generator: ${gen_class[*]:+${gen_class[*]} }target/release/examples/loadgen $addr --calls $calls --server-pid $pid $*"
+"${prio[@]}" "${gen_class[@]}" target/release/examples/loadgen "$addr" --calls "$calls" --server-pid "$pid" "$@" \
     >"$work/report" 2> >(tee "$work/progress" >&2) &
 gen=$!
 if [ -n "${PERF_DATA:-}" ]; then
