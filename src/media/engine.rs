@@ -10,8 +10,8 @@
 //! `overload` whether it is too late to take new calls. Recordings are written by the sink's own thread:
 //! nothing here waits for a disk.
 
-pub use super::core::{EngineCommand, InbandPolicy, MediaConfig, FRAME_MS, SEND_SLOTS};
-use super::core::{MediaCore, SinkResult};
+pub use super::core::{EngineCommand, InbandPolicy, MediaConfig, FRAME_MS};
+use super::core::{MediaCore, SinkResult, SEND_SLOTS};
 use super::overload::{OverloadConfig, OverloadDetector, Transition};
 use super::pacing::FramePacer;
 use super::receiver::{Receiver, Registration};
