@@ -343,10 +343,10 @@ mod tests {
             peer.send_to(&[0u8; 200], addr).unwrap();
         }
         // Drained by the thread: nothing is left to read for us.
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         let mut buf = [0u8; 1500];
         loop {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
             match sock.recv_from(&mut buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 _ => assert!(Instant::now() < deadline, "the thread does not drain"),
@@ -356,7 +356,7 @@ mod tests {
         assert!(rx.is_empty());
         // No longer read: a packet stays queued.
         peer.send_to(b"x", addr).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
         let (n, _) = sock.recv_from(&mut buf).expect("still queued");
         assert_eq!(n, 1);
     }
@@ -371,7 +371,7 @@ mod tests {
         peer.send_to(&[1u8; 12], sock.local_addr().unwrap())
             .unwrap();
         sock.set_nonblocking(true).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
         let got = batch.read(sock.as_raw_fd());
         assert_eq!(got, 2);
         assert!(batch.packet(0).is_none(), "truncated");
@@ -407,7 +407,7 @@ mod tests {
             .map(|s| rx.add_discard(s.clone()).expect("register"))
             .collect();
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
         let before = switches_of("hotline-rtp-rx");
         let started = Instant::now();
         // 1,000 bursts of one packet to each socket, about 0.1 ms apart.
@@ -415,7 +415,7 @@ mod tests {
             for s in &socks {
                 peer.send_to(&[0u8; 172], s.local_addr().unwrap()).unwrap();
             }
-            std::thread::sleep(std::time::Duration::from_micros(100));
+            std::thread::sleep(Duration::from_micros(100));
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let switches = switches_of("hotline-rtp-rx") - before;
@@ -425,7 +425,7 @@ mod tests {
             switches <= 2 * elapsed_ms + 100,
             "{switches} wakes in {elapsed_ms} ms for 1,000 bursts"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
         let mut buf = [0u8; 1500];
         for s in &socks {
             s.set_nonblocking(true).unwrap();
